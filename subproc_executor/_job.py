@@ -1,0 +1,158 @@
+"""What runs inside a worker: decode a job, call it, encode the outcome.
+
+The functions here run in the backend's worker processes. They are the only
+place where user payloads are unpickled besides the parent. Each returns
+bytes and never raises: an exception escaping into the backend would be
+reported against a whole batch, or break the pool, instead of failing one job.
+
+Outcome bytes (opaque to the sidecar, decoded by ``decode_outcome`` in the
+parent) start with a tag byte:
+
+    0x00  + pickler.dumps(value)              the job returned
+    0x01  + pickle.dumps(ErrorRecord tuple)   the job (or decoding it) raised
+    0x02  + pickle.dumps(ErrorRecord tuple)   the worker's initializer had raised
+
+An ErrorRecord is ``(exc_bytes | None, type_name, message, traceback, stage)``:
+the exception pickled by the user's pickler when possible, plus plain strings
+that always survive, so the parent can rebuild a stand-in (``RemoteError``)
+when the exception itself cannot cross.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import traceback
+from typing import Callable, Final, Sequence
+
+from ._pickling import resolve_pickler
+
+__all__ = ["TAG_ERROR", "TAG_INIT_FAILED", "TAG_VALUE", "call_chunk", "run_batch", "worker_init"]
+
+TAG_VALUE: Final = 0
+TAG_ERROR: Final = 1
+TAG_INIT_FAILED: Final = 2
+
+ErrorRecord = tuple["bytes | None", str, str, str, str]
+
+# Set once per worker by worker_init when the user's initializer raised: every
+# job on this worker then answers with it instead of running (the stdlib
+# instead kills the worker, which we cannot pin on a job).
+_init_failure: bytes | None = None
+# Job id being run by this worker, read by nothing but debuggers and tests.
+current_job_id: int | None = None
+
+
+def _error_bytes(tag: int, pickler_name: str, exc: BaseException, stage: str) -> bytes:
+    """Encode ``exc``; never raises."""
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:
+        tb = "<traceback could not be formatted>\n"
+    try:
+        message = str(exc)
+    except BaseException:
+        message = "<str() of the exception raised>"
+    type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    exc_bytes: bytes | None
+    try:
+        # The traceback object does not pickle; the text above replaces it.
+        exc.__traceback__ = None
+        exc_bytes = resolve_pickler(pickler_name).dumps(exc)
+    except BaseException:
+        exc_bytes = None
+    record: ErrorRecord = (exc_bytes, type_name, message, tb, stage)
+    try:
+        return bytes([tag]) + pickle.dumps(record, pickle.HIGHEST_PROTOCOL)
+    except BaseException:  # a str subclass with a hostile __reduce__, say
+        return bytes([tag]) + pickle.dumps((None, type_name, "<unprintable>", tb, stage))
+
+
+def run_one(pickler_name: str, payload: bytes) -> bytes:
+    """Run one job; return its outcome bytes. Never raises."""
+    if _init_failure is not None:
+        return _init_failure
+    try:
+        pickler = resolve_pickler(pickler_name)
+        fn, args, kwargs = pickler.loads(payload)  # type: ignore[misc]
+    except BaseException as exc:
+        return _error_bytes(TAG_ERROR, pickler_name, exc, "unpickling the job in the worker")
+    try:
+        value = fn(*args, **kwargs)
+    except BaseException as exc:
+        # BaseException too: a job's SystemExit or KeyboardInterrupt fails the
+        # job, not the worker (the stdlib would lose the worker and the pool).
+        return _error_bytes(TAG_ERROR, pickler_name, exc, "running the job")
+    try:
+        return bytes([TAG_VALUE]) + pickler.dumps(value)
+    except BaseException as exc:
+        return _error_bytes(TAG_ERROR, pickler_name, exc, "pickling the result in the worker")
+
+
+def run_batch(pickler_name: str, job_ids: Sequence[int], payloads: Sequence[bytes]) -> list[bytes]:
+    """Run jobs one after another in this worker; one outcome each. Never raises."""
+    global current_job_id
+    out = []
+    for job_id, payload in zip(job_ids, payloads):
+        current_job_id = job_id
+        out.append(run_one(pickler_name, payload))
+    current_job_id = None
+    return out
+
+
+def call_chunk(fn: Callable[..., object], chunk: Sequence[tuple[object, ...]]) -> list[object]:
+    """``map``'s unit of work: ``fn`` over a chunk of argument tuples.
+
+    As with the stdlib, the first exception fails the whole chunk.
+    """
+    return [fn(*args) for args in chunk]
+
+
+def worker_init(pickler_name: str, close_fds: Sequence[int], initializer: bytes | None) -> None:
+    """First thing every worker runs. Never raises (a raise would break the pool).
+
+    Closes the sidecar's pipe ends that a forked worker inherits: if a worker
+    held the sidecar->parent write end, the parent would never see EOF when the
+    sidecar dies (PyTorch's SubprocPool hang, PR #189290). Ignores SIGINT:
+    Ctrl-C belongs to the parent, which decides what to do with the pool.
+    Then runs the user's initializer, recording a failure for run_one to report.
+    """
+    global _init_failure
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):  # not the main thread: nothing to do
+        pass
+    _set_parent_death_signal()
+    if initializer is None:
+        return
+    try:
+        fn, args = resolve_pickler(pickler_name).loads(initializer)  # type: ignore[misc]
+        fn(*args)
+    except BaseException as exc:
+        _init_failure = _error_bytes(TAG_INIT_FAILED, pickler_name, exc, "running the initializer")
+
+
+def _set_parent_death_signal() -> None:
+    """Linux: be sent SIGKILL when our parent (the sidecar, or its forkserver)
+    dies, whatever killed it. A backstop to the sidecar's own cleanup;
+    unavailable on other platforms, where only that cleanup applies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    # The parent may have died before prctl: then we were reparented already.
+    if os.getppid() == 1:
+        os._exit(1)

@@ -1,0 +1,316 @@
+"""Starting one sidecar process and watching it, from the parent.
+
+``SidecarProcess`` owns the ``Popen``, the two frame pipes, the sidecar's
+output, and one reader thread (``subproc_executor-reader``) that waits on
+all of them at once: frames from the sidecar, the sidecar's stderr (copied
+to ours, its tail kept for error messages), and the process's exit (a Linux
+pidfd; elsewhere a small waiter thread). So there are two independent ways
+to notice a dead sidecar: EOF on its pipe, and its exit. Whichever comes
+first ends the connection, and ``on_lost`` runs exactly once.
+
+It knows frames and processes, not jobs: the executor gives it callbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import subprocess
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Final, Sequence
+
+from .errors import describe_exitcode
+from .protocol import Frame, FrameDecoder, MessageKind, ProtocolError
+from .transport import READ_CHUNK_BYTES, FrameWriter, PipeClosed, read_frames
+
+__all__ = ["SidecarExit", "SidecarProcess"]
+
+logger = logging.getLogger(__name__)
+
+# Lines of the sidecar's output kept to quote when it dies.
+OUTPUT_TAIL_LINES: Final = 20
+# After SHUTDOWN, how long the sidecar gets to stop its workers and exit
+# before it is killed. It escalates SIGTERM -> SIGKILL on its workers within
+# a few seconds itself, so this only bounds a sidecar that is itself stuck.
+SIDECAR_EXIT_GRACE_SECONDS: Final = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarExit:
+    """How a connection to a sidecar ended."""
+
+    pid: int
+    returncode: int | None
+    # True when the sidecar said BYE: it was asked to stop and did.
+    clean: bool
+    # Why the connection ended, in words, when it was not clean.
+    reason: str
+    output_tail: str
+
+    def describe(self) -> str:
+        status = "is still running" if self.returncode is None else f"exited with {describe_exitcode(self.returncode)}"
+        text = f"sidecar (pid {self.pid}) {status}: {self.reason}"
+        if self.output_tail:
+            text += f"\nlast lines of its output:\n{self.output_tail}"
+        return text
+
+
+class SidecarProcess:
+    """One running sidecar and the reader thread that serves it."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: dict[str, str],
+        cwd: str,
+        init_payload: bytes,
+        on_frames: Callable[[list[Frame]], None],
+        on_lost: Callable[[SidecarExit], None],
+        log_path: str | None = None,
+    ) -> None:
+        self._on_frames = on_frames
+        self._on_lost = on_lost
+        self._log_path = log_path
+        self._tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
+        self._partial_line = b""
+        self.hello: dict[str, object] = {}
+        self._said_bye = False
+        self._fatal = ""
+        self._ended = threading.Event()
+
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        child_fds = (to_child_r, from_child_w)
+        full_argv = [*argv, "--read-fd", str(to_child_r), "--write-fd", str(from_child_w), "--parent-pid", str(os.getpid())]
+        log_file = None
+        try:
+            if log_path is not None:
+                log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+            self.proc = subprocess.Popen(
+                full_argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file if log_file is not None else subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=child_fds,
+                env=env,
+                cwd=cwd,
+                close_fds=True,
+            )
+        except BaseException:
+            for fd in (*child_fds, to_child_w, from_child_r):
+                os.close(fd)
+            raise
+        finally:
+            if log_file is not None:
+                log_file.close()
+        # Drop our copies of the child's ends: otherwise our own descriptor
+        # keeps the pipe open and the sidecar's death would never read as EOF.
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.pid = self.proc.pid
+        self._read_fd = from_child_r
+        self.writer = FrameWriter(to_child_w, name="subproc_executor-writer")
+        # The INIT frame goes first, before any SUBMIT a caller may send.
+        self.writer.send(MessageKind.INIT, 0, init_payload)
+        self._thread = threading.Thread(target=self._read_loop, name="subproc_executor-reader", daemon=True)
+        self._thread.start()
+        logger.info("started sidecar pid %d: %s", self.pid, " ".join(argv))
+
+    # -- reader thread ---------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        """Serve frames until the sidecar is gone. Runs on the reader thread."""
+        reason = "its pipe closed unexpectedly"
+        decoder = FrameDecoder()
+        sel = selectors.DefaultSelector()
+        sel.register(self._read_fd, selectors.EVENT_READ, "frames")
+        if self.proc.stdout is not None:
+            sel.register(self.proc.stdout.fileno(), selectors.EVENT_READ, "output")
+        pidfd = self._open_pidfd()
+        if pidfd is None:
+            # No pidfd (not Linux, or an old kernel): a waiter thread turns
+            # the exit into a byte on a pipe the selector watches.
+            pidfd, exit_w = os.pipe()
+            threading.Thread(
+                target=self._wait_exit, args=(exit_w,), name="subproc_executor-waiter", daemon=True
+            ).start()
+        sel.register(pidfd, selectors.EVENT_READ, "exit")
+        try:
+            running = True
+            while running:
+                for key, _ in sel.select():
+                    if key.data == "frames":
+                        try:
+                            frames = read_frames(self._read_fd, decoder)
+                        except ProtocolError as exc:
+                            reason = f"it sent a malformed frame: {exc}"
+                            running = False
+                            break
+                        if frames is None:
+                            reason = "its pipe closed unexpectedly"
+                            running = False
+                            break
+                        self._deliver(frames)
+                    elif key.data == "output":
+                        if not self._pump_output(key.fd):
+                            sel.unregister(key.fd)
+                    else:  # the process exited: read what it wrote before dying
+                        reason = "it exited unexpectedly"
+                        self._drain_frames(decoder)
+                        running = False
+                        break
+                if self._said_bye:
+                    # The sidecar says BYE last; EOF follows. Stop now so a
+                    # worker that still holds the pipe cannot delay shutdown.
+                    running = False
+        except Exception as exc:  # a bug here must not leave futures pending
+            logger.exception("sidecar reader failed")
+            reason = f"the parent's reader thread failed: {exc!r}"
+        finally:
+            sel.close()
+            if pidfd is not None:
+                os.close(pidfd)
+        self._finish(reason)
+
+    def _deliver(self, frames: list[Frame]) -> None:
+        for f in frames:
+            if f.kind is MessageKind.HELLO:
+                self.hello = json.loads(f.payload)
+            elif f.kind is MessageKind.BYE:
+                self._said_bye = True
+            elif f.kind is MessageKind.FATAL:
+                self._fatal = f.payload.decode(errors="replace")
+        self._on_frames(frames)
+
+    def _drain_frames(self, decoder: FrameDecoder) -> None:
+        os.set_blocking(self._read_fd, False)
+        try:
+            while True:
+                frames = read_frames(self._read_fd, decoder)
+                if frames is None:
+                    return
+                self._deliver(frames)
+        except (BlockingIOError, ProtocolError, OSError):
+            return
+
+    def _pump_output(self, fd: int) -> bool:
+        """Copy the sidecar's output to our stderr, keeping its tail. False at EOF."""
+        try:
+            data = os.read(fd, READ_CHUNK_BYTES)
+        except OSError:
+            return False
+        if not data:
+            return False
+        try:
+            os.write(sys.stderr.fileno(), data)
+        except (OSError, ValueError, AttributeError):
+            pass  # stderr closed or replaced by an object without a descriptor
+        lines = (self._partial_line + data).split(b"\n")
+        self._partial_line = lines.pop()[-4096:]
+        self._tail.extend(line.decode(errors="replace") for line in lines)
+        return True
+
+    def _open_pidfd(self) -> int | None:
+        pidfd_open = getattr(os, "pidfd_open", None)
+        if pidfd_open is None:
+            return None
+        try:
+            fd: int = pidfd_open(self.pid)
+        except OSError:
+            return None
+        return fd
+
+    def _wait_exit(self, exit_w: int) -> None:
+        """Where pidfd is missing: wait for the exit, then close ``exit_w``,
+        which the reader sees as its exit pipe becoming readable (EOF)."""
+        self.proc.wait()
+        os.close(exit_w)
+
+    def _finish(self, reason: str) -> None:
+        """Reap the sidecar and report the end. Runs once, on the reader thread."""
+        if self._said_bye:
+            try:
+                self.proc.wait(SIDECAR_EXIT_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                logger.warning("sidecar pid %d said BYE but did not exit; killing it", self.pid)
+                self.proc.kill()
+        else:
+            # Dead or misbehaving: make sure it is gone before we report.
+            try:
+                self.proc.wait(1.0)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        try:
+            self.proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            logger.error("sidecar pid %d survived SIGKILL for 5s", self.pid)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.writer.close_fd()
+        self.writer.close()
+        os.close(self._read_fd)
+        if self._fatal:
+            reason = f"{reason}; it reported: {self._fatal}"
+        end = SidecarExit(
+            pid=self.pid,
+            returncode=self.proc.returncode,
+            clean=self._said_bye and self.proc.returncode == 0,
+            reason=reason,
+            output_tail=self.output_tail(),
+        )
+        try:
+            self._on_lost(end)
+        finally:
+            self._ended.set()
+
+    # -- any thread ------------------------------------------------------------
+
+    def output_tail(self) -> str:
+        if self._log_path is not None:
+            try:
+                with open(self._log_path, "rb") as f:
+                    f.seek(0, os.SEEK_END)
+                    f.seek(max(0, f.tell() - 8192))
+                    lines = f.read().decode(errors="replace").splitlines()
+                return "\n".join(lines[-OUTPUT_TAIL_LINES:])
+            except OSError:
+                return ""
+        return "\n".join(self._tail)
+
+    def send(self, kind: MessageKind, job_id: int = 0, payload: bytes = b"", *, block: bool = True) -> bool:
+        """Send a frame; False if the sidecar is gone (its loss is reported separately)."""
+        try:
+            self.writer.send(kind, job_id, payload, block=block)
+        except PipeClosed:
+            return False
+        return True
+
+    def send_many(self, items: list[tuple[MessageKind, int, bytes]], *, block: bool = True) -> bool:
+        try:
+            self.writer.send_many(items, block=block)
+        except PipeClosed:
+            return False
+        return True
+
+    def kill(self) -> None:
+        """Kill the sidecar now; the reader thread reports the loss."""
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the reader thread has reported the end."""
+        return self._ended.wait(timeout)
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    def is_reader_thread(self) -> bool:
+        return threading.current_thread() is self._thread

@@ -1,0 +1,127 @@
+"""The backend interface: a pool of workers inside the sidecar.
+
+A backend runs *batches* of opaque jobs. The sidecar hands it job ids and
+job bytes; the backend runs ``_job.run_batch`` on one of its workers and
+calls ``on_done`` with one outcome (bytes) per job, or with the exception
+that kept the batch from running (a broken pool, a dead worker). The backend
+never unpickles a job, never sees a frame, and never imports the executor.
+
+Backends are named by string so the parent never imports one: the built-in
+names below, a name registered in the ``subproc_executor.backends`` entry
+point group, or a "module:attr" path. ``load_backend`` runs in the sidecar.
+
+``docs/backends.md`` shows how to write one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Final, Protocol, Sequence
+
+__all__ = ["BUILTIN_BACKENDS", "Backend", "BackendConfig", "BackendFactory", "OnDone", "load_backend"]
+
+# name -> "module:attr" of a BackendFactory. Strings, so importing this
+# module imports no pool implementation.
+BUILTIN_BACKENDS: Final = {
+    "process": "subproc_executor.backends.process:ProcessBackend",
+    "loky": "subproc_executor.backends.loky:LokyBackend",
+}
+ENTRY_POINT_GROUP: Final = "subproc_executor.backends"
+
+OnDone = Callable[["list[bytes] | BaseException"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """Everything a backend needs to build its pool. Plain data: it crosses
+    from the parent on the sidecar's command line."""
+
+    max_workers: int
+    # "fork", "forkserver" or "spawn"; None lets the backend choose.
+    start_method: str | None
+    max_tasks_per_child: int | None
+    # Qualified name of the pickler the workers use (see _pickling).
+    pickler: str
+    # Opaque pickled (initializer, initargs), or None.
+    initializer: bytes | None
+    # Descriptors a forked worker inherits and must close (the sidecar's pipes).
+    close_fds: tuple[int, ...] = ()
+
+
+class Backend(Protocol):
+    """A pool of worker processes, driven by the sidecar's main thread.
+
+    Methods are called from the sidecar's main thread only; ``on_done`` may
+    be called from any thread the backend owns, and must not block it long.
+    """
+
+    def start(self) -> None:
+        """Create the pool and start its workers now (warm start). Idempotent."""
+
+    def submit(self, job_ids: Sequence[int], payloads: Sequence[bytes], on_done: OnDone) -> None:
+        """Run ``_job.run_batch`` over the jobs on one worker; report through ``on_done``."""
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the live workers (empty when quiesced)."""
+
+    def quiesce(self) -> None:
+        """Stop the workers after the jobs already submitted; ``start`` brings them back."""
+
+    def reset(self) -> None:
+        """Throw away a broken pool (its running batches have been reported) and build a new one."""
+
+    def shutdown(self, *, kill: bool) -> None:
+        """Stop for good: ``kill=False`` lets submitted batches finish,
+        ``kill=True`` terminates the workers (SIGTERM, then SIGKILL after a grace period)."""
+
+
+BackendFactory = Callable[[BackendConfig], Backend]
+
+
+def _entry_point_target(name: str) -> str | None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return str(ep.value)
+    return None
+
+
+def known_backends() -> list[str]:
+    """Names ``backend=`` accepts besides "module:attr" paths."""
+    from importlib.metadata import entry_points
+
+    names = set(BUILTIN_BACKENDS)
+    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
+
+
+def resolve_backend_name(name: str) -> str:
+    """The "module:attr" path for a backend name. Raises ValueError for an unknown one.
+
+    Cheap and import-free (entry points are metadata), so the parent calls it
+    at construction to fail early, without importing the backend.
+    """
+    if ":" in name:
+        return name
+    target = BUILTIN_BACKENDS.get(name) or _entry_point_target(name)
+    if target is None:
+        raise ValueError(
+            f"unknown backend {name!r}: known backends are {', '.join(known_backends())}, "
+            f"or pass 'module:attr' naming a backend factory"
+        )
+    return target
+
+
+def load_backend(name: str, config: BackendConfig) -> Backend:
+    """Import and build a backend by name. Runs in the sidecar."""
+    target = resolve_backend_name(name)
+    module_name, _, attr = target.partition(":")
+    factory: object = importlib.import_module(module_name)
+    for part in attr.split("."):
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise TypeError(f"backend {name!r} ({target}) is not callable")
+    backend: Backend = factory(config)
+    return backend

@@ -1,0 +1,427 @@
+"""The sidecar: ``python -m subproc_executor.sidecar --read-fd R --write-fd W ...``.
+
+A small, clean interpreter between the parent and the workers. It reads
+frames from the parent, hands jobs to the backend's pool as opaque bytes, and
+writes the workers' outcome bytes back. It never unpickles a user payload, so
+it needs none of the user's modules, and it stays single-threaded until its
+workers exist (the backend starts them before anything else runs), so forking
+them copies no lock held by another thread.
+
+Threads here: the main loop (reads frames, dispatches, runs timers), the
+backend's own threads, which call ``_on_done`` and write RESULT frames
+directly (they may block on a full pipe; the main loop never does), and the
+writer helper that sends the main loop's frames without blocking it.
+
+Dispatch keeps at most ``max_workers + 1`` batches in the backend, as the
+stdlib keeps ``max_workers + 1`` calls in its call queue; when more jobs
+wait than that, they are grouped into batches so that a burst of small jobs
+pays the pool's per-call overhead once per batch, not once per job.
+
+The sidecar exits when the parent says SHUTDOWN, when the parent's pipe
+reaches EOF (the parent died), or when its parent pid changes (a backstop
+for an EOF that never comes because some other process holds the pipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing
+import os
+import selectors
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from typing import Final, Sequence
+
+from .backends import Backend, BackendConfig, load_backend
+from .protocol import Frame, FrameDecoder, MessageKind, ProtocolError
+from .transport import FrameWriter, PipeClosed, read_frames
+
+logger = logging.getLogger(__name__)
+
+# Environment variable holding the sidecar's pid, so the executor can refuse
+# to be built *in* the sidecar (a worker, whose pid differs, may nest one).
+SIDECAR_PID_ENV: Final = "SUBPROC_EXECUTOR_SIDECAR_PID"
+# How often the main loop checks that its parent still lives when no frame
+# arrives. Shorter reacts faster to a parent killed while some other process
+# holds its pipe open; longer costs fewer wakeups of an idle sidecar.
+_PARENT_POLL_SECONDS: Final = 0.5
+# Most jobs grouped into one backend call. Bigger amortises more per-call
+# overhead; smaller keeps a slow job from delaying the fast ones batched with it.
+_MAX_BATCH_JOBS: Final = 64
+# Jobs whose payloads add up to more than this are not grouped further.
+_MAX_BATCH_BYTES: Final = 1 << 20
+
+
+class Sidecar:
+    """The main loop and dispatcher. Lives on the sidecar's main thread."""
+
+    def __init__(
+        self, read_fd: int, writer: FrameWriter, backend: Backend, max_workers: int, parent_pid: int,
+        idle_timeout: float | None, status_interval: float | None,
+    ) -> None:
+        self._read_fd = read_fd
+        self._writer = writer
+        self._backend = backend
+        self._max_workers = max_workers
+        self._parent_pid = parent_pid
+        self._idle_timeout = idle_timeout
+        self._status_interval = status_interval
+        self._decoder = FrameDecoder()
+        # Jobs received and not yet handed to the backend, in arrival order.
+        self._backlog: deque[tuple[int, bytes]] = deque()
+        # Guards the fields below, shared with the backend's callback threads.
+        self._lock = threading.Lock()
+        # Batches handed to the backend and not yet reported back.
+        self._inflight = 0
+        # {job_id: (monotonic start, batch generation)} of jobs in the backend.
+        self._running: dict[int, float] = {}
+        # Failed batches reported by backend threads, handled on the main loop.
+        self._failures: deque[tuple[Sequence[int], int, BaseException]] = deque()
+        # Bumped on every pool reset: a failure from an older pool is not a reason to reset again.
+        self._generation = 0
+        self._quiesced = False
+        self._quiesce_requested = False
+        self._shutdown: dict[str, object] | None = None
+        self._last_activity = time.monotonic()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+
+    # -- backend callbacks (backend threads) ---------------------------------
+
+    def _on_done_factory(self, job_ids: Sequence[int], generation: int):  # type: ignore[no-untyped-def]
+        def on_done(outcome: list[bytes] | BaseException) -> None:
+            """Report one batch. Runs on a backend thread; never raises, since
+            an escape would be swallowed there and leave the parent waiting."""
+            try:
+                if isinstance(outcome, BaseException):
+                    with self._lock:
+                        self._failures.append((job_ids, generation, outcome))
+                elif len(outcome) != len(job_ids):
+                    with self._lock:
+                        self._failures.append(
+                            (job_ids, generation, RuntimeError(f"backend returned {len(outcome)} outcomes for {len(job_ids)} jobs"))
+                        )
+                else:
+                    try:
+                        self._writer.send_many(
+                            (MessageKind.RESULT, job_id, out) for job_id, out in zip(job_ids, outcome)
+                        )
+                    except PipeClosed:
+                        pass  # the parent is gone; the main loop sees EOF
+                with self._lock:
+                    self._inflight -= 1
+                    for job_id in job_ids:
+                        self._running.pop(job_id, None)
+                    wake = bool(self._backlog) or bool(self._failures) or self._inflight == 0
+                if wake:
+                    self._wake()
+            except BaseException:
+                logger.exception("reporting jobs %s failed", list(job_ids))
+
+        return on_done
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # already has unread wakeups: the loop will run
+
+    # -- main loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until shutdown or the parent's death; the exit status."""
+        sel = selectors.DefaultSelector()
+        sel.register(self._read_fd, selectors.EVENT_READ, "parent")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        next_poll = time.monotonic() + _PARENT_POLL_SECONDS
+        while True:
+            timeout = max(0.0, min(next_poll, self._next_timer()) - time.monotonic())
+            for key, _ in sel.select(timeout):
+                if key.data == "wake":
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    continue
+                try:
+                    frames = read_frames(self._read_fd, self._decoder)
+                except ProtocolError as exc:
+                    self._fatal(f"bad frame from the parent: {exc}")
+                    return 3
+                except OSError as exc:
+                    logger.error("reading from the parent failed: %s", exc)
+                    frames = None
+                if frames is None:
+                    logger.info("parent closed its pipe; stopping the workers")
+                    self._backend.shutdown(kill=True)
+                    return 0
+                self._handle(frames)
+            self._handle_failures()
+            if self._shutdown is not None:
+                return self._finish()
+            self._dispatch()
+            now = time.monotonic()
+            if now >= next_poll:
+                next_poll = now + _PARENT_POLL_SECONDS
+                if os.getppid() != self._parent_pid:
+                    logger.warning("parent pid %d is gone; stopping the workers", self._parent_pid)
+                    self._backend.shutdown(kill=True)
+                    return 0
+            self._run_timers(now)
+
+    def _handle(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            kind = frame.kind
+            if kind is MessageKind.SUBMIT:
+                self._backlog.append((frame.job_id, frame.payload))
+            elif kind is MessageKind.CANCEL:
+                self._cancel(frame.job_id)
+            elif kind is MessageKind.QUIESCE:
+                self._quiesce_requested = True
+            elif kind is MessageKind.WAKEUP:
+                self._quiesce_requested = False
+                self._wakeup()
+            elif kind is MessageKind.SHUTDOWN:
+                self._shutdown = json.loads(frame.payload or b"{}")
+            else:
+                logger.warning("ignoring unexpected %s frame from the parent", kind.name)
+        self._last_activity = time.monotonic()
+
+    def _cancel(self, job_id: int) -> None:
+        for i, (jid, _) in enumerate(self._backlog):
+            if jid == job_id:
+                del self._backlog[i]
+                self._send_job_error(job_id, {"kind": "cancelled", "message": f"job {job_id} was cancelled"})
+                return
+
+    def _dispatch(self) -> None:
+        """Hand waiting jobs to the backend, grouped when many wait."""
+        if not self._backlog:
+            return
+        if self._quiesced:
+            self._wakeup()
+        depth = self._max_workers + 1
+        while self._backlog:
+            with self._lock:
+                if self._inflight >= depth:
+                    return
+                free = depth - self._inflight
+            n = min(_MAX_BATCH_JOBS, max(1, math.ceil(len(self._backlog) / free)))
+            ids: list[int] = []
+            payloads: list[bytes] = []
+            size = 0
+            while self._backlog and len(ids) < n and (not ids or size < _MAX_BATCH_BYTES):
+                job_id, payload = self._backlog.popleft()
+                ids.append(job_id)
+                payloads.append(payload)
+                size += len(payload)
+            now = time.monotonic()
+            with self._lock:
+                self._inflight += 1
+                for job_id in ids:
+                    self._running[job_id] = now
+            try:
+                self._backend.submit(ids, payloads, self._on_done_factory(ids, self._generation))
+            except Exception as exc:
+                logger.exception("backend refused jobs %s", ids)
+                with self._lock:
+                    self._inflight -= 1
+                    for job_id in ids:
+                        self._running.pop(job_id, None)
+                for job_id in ids:
+                    self._send_job_error(job_id, {"kind": "backend", "message": f"the backend refused the job: {exc!r}"})
+
+    def _handle_failures(self) -> None:
+        """Fail the jobs of batches that could not run; reset a broken pool once."""
+        while True:
+            with self._lock:
+                if not self._failures:
+                    return
+                job_ids, generation, exc = self._failures.popleft()
+            pids = self._safe_worker_pids()
+            for job_id in job_ids:
+                self._send_job_error(
+                    job_id,
+                    {
+                        "kind": "worker_died",
+                        "message": f"{type(exc).__name__}: {exc}",
+                        "worker_pids": pids,
+                    },
+                )
+            if generation == self._generation:
+                self._generation += 1
+                logger.warning("pool broke (%s); starting a new one", exc)
+                try:
+                    self._backend.reset()
+                except Exception as reset_exc:
+                    self._fatal(f"could not restart the pool: {reset_exc!r}")
+                    raise SystemExit(4) from reset_exc
+                self._send_workers()
+
+    def _safe_worker_pids(self) -> list[int]:
+        try:
+            return self._backend.worker_pids()
+        except Exception:
+            return []
+
+    def _next_timer(self) -> float:
+        t = math.inf
+        if self._idle_timeout is not None and not self._quiesced:
+            t = self._last_activity + self._idle_timeout
+        if self._quiesce_requested:
+            t = min(t, time.monotonic() + 0.05)
+        return t
+
+    def _run_timers(self, now: float) -> None:
+        with self._lock:
+            idle = self._inflight == 0 and not self._backlog
+        if not idle:
+            self._last_activity = now
+        elif not self._quiesced and (
+            self._quiesce_requested
+            or (self._idle_timeout is not None and now - self._last_activity >= self._idle_timeout)
+        ):
+            self._quiesce_requested = False
+            self._backend.quiesce()
+            self._quiesced = True
+            self._send_workers()
+
+    def _wakeup(self) -> None:
+        if self._quiesced:
+            self._backend.start()
+            self._quiesced = False
+            self._send_workers()
+
+    def _finish(self) -> int:
+        opts = self._shutdown or {}
+        self._backend.shutdown(kill=bool(opts.get("kill", False)))
+        try:
+            self._writer.send(MessageKind.BYE)
+        except PipeClosed:
+            pass
+        return 0
+
+    # -- frames to the parent (never blocking the main loop) ------------------
+
+    def _send_job_error(self, job_id: int, info: dict[str, object]) -> None:
+        try:
+            self._writer.send(MessageKind.JOB_ERROR, job_id, json.dumps(info).encode(), block=False)
+        except PipeClosed:
+            pass
+
+    def _send_workers(self) -> None:
+        info = {"worker_pids": self._safe_worker_pids(), "quiesced": self._quiesced}
+        try:
+            self._writer.send(MessageKind.WORKERS, 0, json.dumps(info).encode(), block=False)
+        except PipeClosed:
+            pass
+
+    def _fatal(self, message: str) -> None:
+        logger.error("%s", message)
+        try:
+            self._writer.send(MessageKind.FATAL, 0, message.encode(), block=False)
+        except PipeClosed:
+            pass
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m subproc_executor.sidecar", description=__doc__.splitlines()[0])
+    p.add_argument("--read-fd", type=int, required=True, help="frames from the parent")
+    p.add_argument("--write-fd", type=int, required=True, help="frames to the parent")
+    p.add_argument("--parent-pid", type=int, required=True, help="exit if our parent is no longer this pid")
+    p.add_argument("--backend", default="process")
+    p.add_argument("--max-workers", type=int, required=True)
+    p.add_argument("--start-method", default=None)
+    p.add_argument("--max-tasks-per-child", type=int, default=None)
+    p.add_argument("--pickler", required=True)
+    p.add_argument("--idle-timeout", type=float, default=None)
+    p.add_argument("--status-interval", type=float, default=None)
+    p.add_argument("--log-level", default="WARNING")
+    return p.parse_args(argv)
+
+
+def _read_init(fd: int, decoder: FrameDecoder) -> tuple[bytes | None, list[Frame]]:
+    """Block for the INIT frame; return its payload and any frames after it."""
+    frames: list[Frame] = []
+    while not frames:
+        got = read_frames(fd, decoder)
+        if got is None:
+            raise SystemExit(0)  # parent died before saying anything
+        frames.extend(got)
+    first = frames.pop(0)
+    if first.kind is not MessageKind.INIT:
+        raise ProtocolError(f"expected INIT as the first frame, got {first.kind.name}")
+    # INIT payload: one line of JSON settings, then the opaque initializer bytes.
+    header, _, initializer = first.payload.partition(b"\n")
+    settings = json.loads(header or b"{}")
+    if "authkey" in settings:
+        # Workers inherit it, so multiprocessing.Manager proxies made by the
+        # parent authenticate from inside jobs as they do in stdlib workers.
+        multiprocessing.current_process().authkey = bytes.fromhex(settings["authkey"])
+    return (initializer or None), frames
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"subproc_executor sidecar[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ[SIDECAR_PID_ENV] = str(os.getpid())
+    # Ctrl-C in a terminal reaches the whole foreground group; the parent
+    # decides what it means for the pool, and our EOF follows its exit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.getppid() != args.parent_pid:
+        return 0  # the parent died while we started
+    writer = FrameWriter(args.write_fd, name="subproc_executor-sidecar-writer")
+    try:
+        decoder = FrameDecoder()
+        initializer, early = _read_init(args.read_fd, decoder)
+        config = BackendConfig(
+            max_workers=args.max_workers,
+            start_method=args.start_method,
+            max_tasks_per_child=args.max_tasks_per_child,
+            pickler=args.pickler,
+            initializer=initializer,
+            close_fds=(args.read_fd, args.write_fd),
+        )
+        backend = load_backend(args.backend, config)
+        backend.start()
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        message = f"backend {args.backend!r} failed to start: {type(exc).__name__}: {exc}"
+        logger.exception("%s", message)
+        try:
+            writer.send(MessageKind.FATAL, 0, message.encode())
+        except PipeClosed:
+            pass
+        return 2
+    hello = {
+        "pid": os.getpid(),
+        "backend": args.backend,
+        "python": sys.version.split()[0],
+        "worker_pids": backend.worker_pids(),
+    }
+    writer.send(MessageKind.HELLO, 0, json.dumps(hello).encode())
+    sidecar = Sidecar(
+        args.read_fd, writer, backend, args.max_workers, args.parent_pid, args.idle_timeout, args.status_interval
+    )
+    sidecar._decoder = decoder
+    sidecar._handle(early)
+    try:
+        return sidecar.run()
+    finally:
+        writer.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
