@@ -90,7 +90,8 @@ T = TypeVar("T")
 _EXTRA_INFLIGHT_PER_WORKER: Final = 8
 # Environment variable that marks the sidecar process (see sidecar.py).
 _SIDECAR_PID_ENV: Final = "SUBPROC_EXECUTOR_SIDECAR_PID"
-_START_METHODS: Final = ("fork", "forkserver", "spawn")
+# Start methods of multiprocessing, and loky's own two.
+_START_METHODS: Final = ("fork", "forkserver", "spawn", "loky", "loky_init_main")
 
 
 class _State(enum.Enum):
@@ -501,6 +502,8 @@ class SubprocExecutor(Executor):
             max_workers = default_max_workers()
         elif max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a name string, got {type(backend).__name__}")
         start_method = _start_method_name(mp_context)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -514,11 +517,10 @@ class SubprocExecutor(Executor):
                     "max_tasks_per_child is incompatible with the 'fork' multiprocessing start method; "
                     "supply a different mp_context."
                 )
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a name string, got {type(backend).__name__}")
-        from .backends import resolve_backend_name  # names only: imports no pool
+        from .backends import check_options, resolve_backend_name  # names only: imports no pool
 
         resolve_backend_name(backend)
+        check_options(backend, start_method, max_tasks_per_child)
         pickler_qualname = DEFAULT_PICKLER if pickler is None else pickler_name(pickler)
         the_pickler = resolve_pickler(pickler_qualname)
 

@@ -270,6 +270,8 @@ def test_failing_initializer_breaks_the_executor_like_the_stdlib(make_executor: 
 def test_max_tasks_per_child_replaces_workers(make_executor: MakeExecutor, variant: tuple[str, str | None]) -> None:
     if variant[1] == "fork":
         pytest.skip("max_tasks_per_child is incompatible with fork, as in the stdlib")
+    if variant[0] == "loky":
+        pytest.skip("loky has no max_tasks_per_child; the constructor refuses it (test_backends)")
     ex = make_executor(1, max_tasks_per_child=1)
     pids = [ex.submit(jobs.getpid).result(timeout=60) for _ in range(3)]
     assert len(set(pids)) == 3

@@ -16,6 +16,7 @@ point group, or a "module:attr" path. ``load_backend`` runs in the sidecar.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from typing import Callable, Final, Protocol, Sequence
 
@@ -28,6 +29,27 @@ BUILTIN_BACKENDS: Final = {
     "loky": "subproc_executor.backends.loky:LokyBackend",
 }
 ENTRY_POINT_GROUP: Final = "subproc_executor.backends"
+
+# What a built-in backend cannot do, checked in the parent at construction so
+# no option is ignored silently. Keys: "start_methods" (allowed names; None
+# means the backend's default), "max_tasks_per_child", "module" (the import a
+# backend needs, checked without importing it), "install" (how to get it).
+BACKEND_LIMITS: Final[dict[str, dict[str, object]]] = {
+    "process": {
+        "start_methods": (None, "fork", "forkserver", "spawn"),
+        "max_tasks_per_child": True,
+    },
+    "loky": {
+        "start_methods": (None, "loky", "loky_init_main", "forkserver", "spawn"),
+        "max_tasks_per_child": False,
+        "module": "loky",
+        "install": "pip install 'subproc-executor[loky]' (or pip install loky)",
+        "fork_hint": "loky's workers run next to its threads, where fork is unsafe; "
+        "use the default start method (None or 'loky'), or backend='process' to fork",
+        "max_tasks_hint": "loky cannot replace a worker after N tasks; use backend='process' "
+        "with mp_context='spawn' or 'forkserver'",
+    },
+}
 
 OnDone = Callable[["list[bytes] | BaseException"], None]
 
@@ -112,6 +134,30 @@ def resolve_backend_name(name: str) -> str:
             f"or pass 'module:attr' naming a backend factory"
         )
     return target
+
+
+def check_options(name: str, start_method: str | None, max_tasks_per_child: int | None) -> None:
+    """Refuse, in the parent, options a built-in backend cannot honour.
+
+    Imports nothing but checks that the backend's module is installed.
+    Third-party backends check their own options when the sidecar builds them.
+    """
+    limits = BACKEND_LIMITS.get(name)
+    if limits is None:
+        return
+    module = limits.get("module")
+    if isinstance(module, str) and importlib.util.find_spec(module) is None:
+        raise ImportError(f"backend {name!r} needs the {module} package: {limits['install']}")
+    methods = limits["start_methods"]
+    assert isinstance(methods, tuple)
+    if start_method not in methods:
+        hint = limits.get("fork_hint", "") if start_method == "fork" else ""
+        raise ValueError(
+            f"backend {name!r} does not support the start method {start_method!r}"
+            + (f": {hint}" if hint else f"; use one of {', '.join(m for m in methods if m)}")
+        )
+    if max_tasks_per_child is not None and not limits["max_tasks_per_child"]:
+        raise ValueError(f"backend {name!r} does not support max_tasks_per_child: {limits.get('max_tasks_hint')}")
 
 
 def load_backend(name: str, config: BackendConfig) -> Backend:
