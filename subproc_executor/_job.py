@@ -23,9 +23,10 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import struct
 import sys
 import traceback
-from typing import Callable, Final, Sequence
+from typing import Any, Callable, Final, Sequence
 
 from ._pickling import resolve_pickler
 
@@ -43,6 +44,15 @@ ErrorRecord = tuple["bytes | None", str, str, str, str]
 _init_failure: bytes | None = None
 # Job id being run by this worker, read by nothing but debuggers and tests.
 current_job_id: int | None = None
+# Write end of the sidecar's start-record pipe (a multiprocessing
+# Connection), set by worker_init. Each job announces itself on it before it
+# runs: that is how the sidecar knows which job a dead worker was running,
+# and for how long a slow job has been running.
+_notify: Any = None
+# One start record: job id, worker pid. 12 bytes plus the Connection's
+# 4-byte length prefix, far below PIPE_BUF, so concurrent workers' writes
+# never interleave and need no lock.
+START_RECORD: Final = struct.Struct("<Qi")
 
 
 def _error_bytes(tag: int, pickler_name: str, exc: BaseException, stage: str) -> bytes:
@@ -95,8 +105,14 @@ def run_batch(pickler_name: str, job_ids: Sequence[int], payloads: Sequence[byte
     """Run jobs one after another in this worker; one outcome each. Never raises."""
     global current_job_id
     out = []
+    pid = os.getpid()
     for job_id, payload in zip(job_ids, payloads):
         current_job_id = job_id
+        if _notify is not None:
+            try:
+                _notify.send_bytes(START_RECORD.pack(job_id, pid))
+            except (OSError, ValueError):
+                pass  # the sidecar is going away; the job still runs
         out.append(run_one(pickler_name, payload))
     current_job_id = None
     return out
@@ -110,7 +126,9 @@ def call_chunk(fn: Callable[..., object], chunk: Sequence[tuple[object, ...]]) -
     return [fn(*args) for args in chunk]
 
 
-def worker_init(pickler_name: str, close_fds: Sequence[int], initializer: bytes | None) -> None:
+def worker_init(
+    pickler_name: str, close_fds: Sequence[int], initializer: bytes | None, notify: Any = None
+) -> None:
     """First thing every worker runs. Never raises (a raise would break the pool).
 
     Closes the sidecar's pipe ends that a forked worker inherits: if a worker
@@ -119,7 +137,8 @@ def worker_init(pickler_name: str, close_fds: Sequence[int], initializer: bytes 
     Ctrl-C belongs to the parent, which decides what to do with the pool.
     Then runs the user's initializer, recording a failure for run_one to report.
     """
-    global _init_failure
+    global _init_failure, _notify
+    _notify = notify
     for fd in close_fds:
         try:
             os.close(fd)

@@ -75,9 +75,10 @@ class ProtocolError(Exception):
 class MessageKind(enum.IntEnum):
     """What a frame means. Direction and effect are documented per kind."""
 
-    # parent -> sidecar: first frame; payload = opaque initializer bytes
-    # (pickled (initializer, initargs)) or empty. The sidecar builds its
-    # backend only after it, so workers run the initializer.
+    # parent -> sidecar: first frame; payload = one line of UTF-8 JSON
+    # settings, b"\n", then opaque initializer bytes (pickled
+    # (initializer, initargs)) or nothing. The sidecar builds its backend
+    # only after it, so workers run the initializer.
     INIT = 1
     # parent -> sidecar: run a job; payload = opaque job bytes. job_id names it.
     SUBMIT = 2

@@ -32,13 +32,18 @@ import multiprocessing
 import os
 import selectors
 import signal
+import struct
 import sys
 import threading
 import time
 from collections import deque
 from typing import Final, Sequence
 
-from .backends import Backend, BackendConfig, load_backend
+from multiprocessing.connection import Connection
+
+from ._job import START_RECORD
+from ._scheduler import Batch, Scheduler
+from .backends import Backend, BackendConfig, OnDone, load_backend
 from .protocol import Frame, FrameDecoder, MessageKind, ProtocolError
 from .transport import FrameWriter, PipeClosed, read_frames
 
@@ -51,79 +56,77 @@ SIDECAR_PID_ENV: Final = "SUBPROC_EXECUTOR_SIDECAR_PID"
 # arrives. Shorter reacts faster to a parent killed while some other process
 # holds its pipe open; longer costs fewer wakeups of an idle sidecar.
 _PARENT_POLL_SECONDS: Final = 0.5
-# Most jobs grouped into one backend call. Bigger amortises more per-call
-# overhead; smaller keeps a slow job from delaying the fast ones batched with it.
-_MAX_BATCH_JOBS: Final = 64
-# Jobs whose payloads add up to more than this are not grouped further.
-_MAX_BATCH_BYTES: Final = 1 << 20
+# While a quiesce waits for running jobs, how often the loop looks again.
+_QUIESCE_RETRY_SECONDS: Final = 0.05
+# Slow-job checks run at least this often, so a report comes at most this
+# late after its interval elapses.
+_STATUS_TICK_SECONDS: Final = 0.25
+# The length prefix multiprocessing.Connection puts before each message.
+_CONN_HEADER: Final = struct.Struct("!i")
 
 
 class Sidecar:
-    """The main loop and dispatcher. Lives on the sidecar's main thread."""
+    """The main loop. Lives on the sidecar's main thread."""
 
     def __init__(
-        self, read_fd: int, writer: FrameWriter, backend: Backend, max_workers: int, parent_pid: int,
-        idle_timeout: float | None, status_interval: float | None,
+        self,
+        read_fd: int,
+        writer: FrameWriter,
+        backend: Backend,
+        scheduler: Scheduler,
+        notify_reader: Connection | None,
+        parent_pid: int,
+        idle_timeout: float | None,
+        status_interval: float | None,
+        decoder: FrameDecoder,
     ) -> None:
         self._read_fd = read_fd
         self._writer = writer
         self._backend = backend
-        self._max_workers = max_workers
+        self._jobs = scheduler
+        self._notify = notify_reader
+        self._notify_buf = b""
         self._parent_pid = parent_pid
         self._idle_timeout = idle_timeout
         self._status_interval = status_interval
-        self._decoder = FrameDecoder()
-        # Jobs received and not yet handed to the backend, in arrival order.
-        self._backlog: deque[tuple[int, bytes]] = deque()
-        # Guards the fields below, shared with the backend's callback threads.
-        self._lock = threading.Lock()
-        # Batches handed to the backend and not yet reported back.
-        self._inflight = 0
-        # {job_id: (monotonic start, batch generation)} of jobs in the backend.
-        self._running: dict[int, float] = {}
+        self._decoder = decoder
         # Failed batches reported by backend threads, handled on the main loop.
-        self._failures: deque[tuple[Sequence[int], int, BaseException]] = deque()
-        # Bumped on every pool reset: a failure from an older pool is not a reason to reset again.
-        self._generation = 0
+        self._failures: deque[tuple[Batch, BaseException]] = deque()
+        self._failures_lock = threading.Lock()
         self._quiesced = False
         self._quiesce_requested = False
         self._shutdown: dict[str, object] | None = None
         self._last_activity = time.monotonic()
+        self._next_status = math.inf if status_interval is None else time.monotonic() + status_interval
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
 
     # -- backend callbacks (backend threads) ---------------------------------
 
-    def _on_done_factory(self, job_ids: Sequence[int], generation: int):  # type: ignore[no-untyped-def]
+    def _on_done_factory(self, batch: Batch) -> OnDone:
         def on_done(outcome: list[bytes] | BaseException) -> None:
             """Report one batch. Runs on a backend thread; never raises, since
             an escape would be swallowed there and leave the parent waiting."""
             try:
+                if not isinstance(outcome, BaseException) and len(outcome) != len(batch.jobs):
+                    outcome = RuntimeError(f"backend returned {len(outcome)} outcomes for {len(batch.jobs)} jobs")
                 if isinstance(outcome, BaseException):
-                    with self._lock:
-                        self._failures.append((job_ids, generation, outcome))
-                elif len(outcome) != len(job_ids):
-                    with self._lock:
-                        self._failures.append(
-                            (job_ids, generation, RuntimeError(f"backend returned {len(outcome)} outcomes for {len(job_ids)} jobs"))
-                        )
+                    with self._failures_lock:
+                        self._failures.append((batch, outcome))
                 else:
                     try:
                         self._writer.send_many(
-                            (MessageKind.RESULT, job_id, out) for job_id, out in zip(job_ids, outcome)
+                            (MessageKind.RESULT, job_id, out) for job_id, out in zip(batch.job_ids, outcome)
                         )
                     except PipeClosed:
                         pass  # the parent is gone; the main loop sees EOF
-                with self._lock:
-                    self._inflight -= 1
-                    for job_id in job_ids:
-                        self._running.pop(job_id, None)
-                    wake = bool(self._backlog) or bool(self._failures) or self._inflight == 0
-                if wake:
-                    self._wake()
+                    self._jobs.done(batch)
+                # Always wake the loop: it drains the start records, refills
+                # the backend, and handles failures.
+                self._wake()
             except BaseException:
-                logger.exception("reporting jobs %s failed", list(job_ids))
+                logger.exception("reporting jobs %s failed", batch.job_ids)
 
         return on_done
 
@@ -145,16 +148,13 @@ class Sidecar:
             timeout = max(0.0, min(next_poll, self._next_timer()) - time.monotonic())
             for key, _ in sel.select(timeout):
                 if key.data == "wake":
-                    try:
-                        while os.read(self._wake_r, 4096):
-                            pass
-                    except BlockingIOError:
-                        pass
+                    _drain_pipe(self._wake_r)
                     continue
                 try:
                     frames = read_frames(self._read_fd, self._decoder)
                 except ProtocolError as exc:
                     self._fatal(f"bad frame from the parent: {exc}")
+                    self._backend.shutdown(kill=True)
                     return 3
                 except OSError as exc:
                     logger.error("reading from the parent failed: %s", exc)
@@ -163,7 +163,8 @@ class Sidecar:
                     logger.info("parent closed its pipe; stopping the workers")
                     self._backend.shutdown(kill=True)
                     return 0
-                self._handle(frames)
+                self.handle(frames)
+            self._read_start_records()
             self._handle_failures()
             if self._shutdown is not None:
                 return self._finish()
@@ -177,13 +178,14 @@ class Sidecar:
                     return 0
             self._run_timers(now)
 
-    def _handle(self, frames: list[Frame]) -> None:
+    def handle(self, frames: list[Frame]) -> None:
         for frame in frames:
             kind = frame.kind
             if kind is MessageKind.SUBMIT:
-                self._backlog.append((frame.job_id, frame.payload))
+                self._jobs.add(frame.job_id, frame.payload)
             elif kind is MessageKind.CANCEL:
-                self._cancel(frame.job_id)
+                if self._jobs.cancel(frame.job_id):
+                    self._send_job_error(frame.job_id, {"kind": "cancelled", "message": f"job {frame.job_id} was cancelled"})
             elif kind is MessageKind.QUIESCE:
                 self._quiesce_requested = True
             elif kind is MessageKind.WAKEUP:
@@ -195,70 +197,66 @@ class Sidecar:
                 logger.warning("ignoring unexpected %s frame from the parent", kind.name)
         self._last_activity = time.monotonic()
 
-    def _cancel(self, job_id: int) -> None:
-        for i, (jid, _) in enumerate(self._backlog):
-            if jid == job_id:
-                del self._backlog[i]
-                self._send_job_error(job_id, {"kind": "cancelled", "message": f"job {job_id} was cancelled"})
-                return
-
     def _dispatch(self) -> None:
-        """Hand waiting jobs to the backend, grouped when many wait."""
-        if not self._backlog:
+        """Hand waiting jobs to the backend."""
+        if not self._jobs.has_waiting():
             return
         if self._quiesced:
             self._wakeup()
-        depth = self._max_workers + 1
-        while self._backlog:
-            with self._lock:
-                if self._inflight >= depth:
-                    return
-                free = depth - self._inflight
-            n = min(_MAX_BATCH_JOBS, max(1, math.ceil(len(self._backlog) / free)))
-            ids: list[int] = []
-            payloads: list[bytes] = []
-            size = 0
-            while self._backlog and len(ids) < n and (not ids or size < _MAX_BATCH_BYTES):
-                job_id, payload = self._backlog.popleft()
-                ids.append(job_id)
-                payloads.append(payload)
-                size += len(payload)
-            now = time.monotonic()
-            with self._lock:
-                self._inflight += 1
-                for job_id in ids:
-                    self._running[job_id] = now
+        for batch in self._jobs.next_batches():
             try:
-                self._backend.submit(ids, payloads, self._on_done_factory(ids, self._generation))
+                self._backend.submit(batch.job_ids, batch.payloads, self._on_done_factory(batch))
             except Exception as exc:
-                logger.exception("backend refused jobs %s", ids)
-                with self._lock:
-                    self._inflight -= 1
-                    for job_id in ids:
-                        self._running.pop(job_id, None)
-                for job_id in ids:
+                logger.exception("backend refused jobs %s", batch.job_ids)
+                self._jobs.unsent(batch)
+                for job_id in batch.job_ids:
                     self._send_job_error(job_id, {"kind": "backend", "message": f"the backend refused the job: {exc!r}"})
 
+    def _read_start_records(self) -> None:
+        """Drain the workers' job-start announcements (non-blocking)."""
+        if self._notify is None:
+            return
+        fd = self._notify.fileno()
+        chunks = [self._notify_buf]
+        try:
+            while True:
+                data = os.read(fd, 65536)
+                if not data:
+                    break
+                chunks.append(data)
+        except BlockingIOError:
+            pass
+        buf = b"".join(chunks)
+        now = time.monotonic()
+        pos = 0
+        # Each record is a Connection message: 4-byte big-endian length, then the record.
+        while len(buf) - pos >= 4:
+            (n,) = _CONN_HEADER.unpack_from(buf, pos)
+            if len(buf) - pos - 4 < n:
+                break
+            if n == START_RECORD.size:
+                job_id, pid = START_RECORD.unpack_from(buf, pos + 4)
+                self._jobs.started(job_id, pid, now)
+            pos += 4 + n
+        self._notify_buf = buf[pos:]
+
     def _handle_failures(self) -> None:
-        """Fail the jobs of batches that could not run; reset a broken pool once."""
+        """Judge failed batches (see _scheduler); reset a broken pool once."""
         while True:
-            with self._lock:
+            with self._failures_lock:
                 if not self._failures:
                     return
-                job_ids, generation, exc = self._failures.popleft()
-            pids = self._safe_worker_pids()
-            for job_id in job_ids:
-                self._send_job_error(
-                    job_id,
-                    {
-                        "kind": "worker_died",
-                        "message": f"{type(exc).__name__}: {exc}",
-                        "worker_pids": pids,
-                    },
-                )
-            if generation == self._generation:
-                self._generation += 1
-                logger.warning("pool broke (%s); starting a new one", exc)
+                batch, exc = self._failures.popleft()
+            try:
+                exitcodes = self._backend.worker_exitcodes()
+            except Exception:
+                exitcodes = {}
+            error = f"{type(exc).__name__}: {exc}"
+            for failure in self._jobs.failed(batch, exitcodes, error):
+                self._send_job_error(failure.job_id, failure.info)
+            if batch.generation == self._jobs.generation:
+                self._jobs.new_generation()
+                logger.warning("pool broke (%s); starting a new one", error)
                 try:
                     self._backend.reset()
                 except Exception as reset_exc:
@@ -266,24 +264,24 @@ class Sidecar:
                     raise SystemExit(4) from reset_exc
                 self._send_workers()
 
-    def _safe_worker_pids(self) -> list[int]:
-        try:
-            return self._backend.worker_pids()
-        except Exception:
-            return []
-
     def _next_timer(self) -> float:
-        t = math.inf
+        t = self._next_status
         if self._idle_timeout is not None and not self._quiesced:
-            t = self._last_activity + self._idle_timeout
+            t = min(t, self._last_activity + self._idle_timeout)
         if self._quiesce_requested:
-            t = min(t, time.monotonic() + 0.05)
+            t = min(t, time.monotonic() + _QUIESCE_RETRY_SECONDS)
         return t
 
     def _run_timers(self, now: float) -> None:
-        with self._lock:
-            idle = self._inflight == 0 and not self._backlog
-        if not idle:
+        if self._status_interval is not None and now >= self._next_status:
+            self._next_status = now + min(self._status_interval, _STATUS_TICK_SECONDS)
+            for job_id, elapsed, pid in self._jobs.overdue(now, self._status_interval):
+                info = {"elapsed": round(elapsed, 3), "pid": pid}
+                try:
+                    self._writer.send(MessageKind.STATUS, job_id, json.dumps(info).encode(), block=False)
+                except PipeClosed:
+                    pass
+        if not self._jobs.idle:
             self._last_activity = now
         elif not self._quiesced and (
             self._quiesce_requested
@@ -318,7 +316,11 @@ class Sidecar:
             pass
 
     def _send_workers(self) -> None:
-        info = {"worker_pids": self._safe_worker_pids(), "quiesced": self._quiesced}
+        try:
+            pids = self._backend.worker_pids()
+        except Exception:
+            pids = []
+        info = {"worker_pids": pids, "quiesced": self._quiesced}
         try:
             self._writer.send(MessageKind.WORKERS, 0, json.dumps(info).encode(), block=False)
         except PipeClosed:
@@ -330,6 +332,14 @@ class Sidecar:
             self._writer.send(MessageKind.FATAL, 0, message.encode(), block=False)
         except PipeClosed:
             pass
+
+
+def _drain_pipe(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -385,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         decoder = FrameDecoder()
         initializer, early = _read_init(args.read_fd, decoder)
+        notify_reader, notify_writer = multiprocessing.Pipe(duplex=False)
+        os.set_blocking(notify_reader.fileno(), False)
         config = BackendConfig(
             max_workers=args.max_workers,
             start_method=args.start_method,
@@ -392,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pickler=args.pickler,
             initializer=initializer,
             close_fds=(args.read_fd, args.write_fd),
+            notify=notify_writer,
         )
         backend = load_backend(args.backend, config)
         backend.start()
@@ -413,10 +426,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     writer.send(MessageKind.HELLO, 0, json.dumps(hello).encode())
     sidecar = Sidecar(
-        args.read_fd, writer, backend, args.max_workers, args.parent_pid, args.idle_timeout, args.status_interval
+        args.read_fd,
+        writer,
+        backend,
+        Scheduler(args.max_workers),
+        notify_reader,
+        args.parent_pid,
+        args.idle_timeout,
+        args.status_interval,
+        decoder,
     )
-    sidecar._decoder = decoder
-    sidecar._handle(early)
+    sidecar.handle(early)
     try:
         return sidecar.run()
     finally:

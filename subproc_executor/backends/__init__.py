@@ -69,6 +69,10 @@ class BackendConfig:
     initializer: bytes | None
     # Descriptors a forked worker inherits and must close (the sidecar's pipes).
     close_fds: tuple[int, ...] = ()
+    # Made by the sidecar, not the parent: the write end (a multiprocessing
+    # Connection) of the pipe on which workers announce each job they start.
+    # Pass it to _job.worker_init; None disables the announcements.
+    notify: object = None
 
 
 class Backend(Protocol):
@@ -86,6 +90,10 @@ class Backend(Protocol):
 
     def worker_pids(self) -> list[int]:
         """Pids of the live workers (empty when quiesced)."""
+
+    def worker_exitcodes(self) -> dict[int, int | None]:
+        """{pid: exitcode} of the workers seen since the last reset (None: alive).
+        Lets the sidecar tell which worker died of its own accord."""
 
     def quiesce(self) -> None:
         """Stop the workers after the jobs already submitted; ``start`` brings them back."""

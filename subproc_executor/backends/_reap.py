@@ -1,12 +1,18 @@
-"""Bounded termination of a backend's worker processes: SIGTERM, a grace
-period, then SIGKILL. Shared by the backends; uses only public multiprocessing
-API (``active_children``), so it works whatever pool created the workers."""
+"""The sidecar's view of its worker processes, for every backend.
+
+Uses only public multiprocessing API (``active_children`` and ``Process``
+objects), so it works whatever pool created the workers. ``WorkerTracker``
+remembers each worker it has seen, so the exit code of one that died can be
+read after the pool has dropped it; ``terminate_children`` stops workers in
+bounded time: SIGTERM, a grace period, then SIGKILL.
+"""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import time
+from multiprocessing.process import BaseProcess
 from typing import Final
 
 logger = logging.getLogger(__name__)
@@ -16,9 +22,28 @@ logger = logging.getLogger(__name__)
 TERMINATE_GRACE_SECONDS: Final = 2.0
 
 
-def child_pids() -> list[int]:
-    """Pids of this process's live multiprocessing children (the workers)."""
-    return sorted(p.pid for p in multiprocessing.active_children() if p.pid is not None)
+class WorkerTracker:
+    """Remembers the workers seen alive, to report how they ended."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, BaseProcess] = {}
+
+    def live_pids(self) -> list[int]:
+        """Pids of the live workers; remembers new ones."""
+        pids = []
+        for p in multiprocessing.active_children():
+            if p.pid is not None:
+                self._procs.setdefault(p.pid, p)
+                pids.append(p.pid)
+        return sorted(pids)
+
+    def exitcodes(self) -> dict[int, int | None]:
+        """{pid: exitcode, None while alive} of every worker remembered."""
+        self.live_pids()
+        return {pid: p.exitcode for pid, p in self._procs.items()}
+
+    def forget_dead(self) -> None:
+        self._procs = {pid: p for pid, p in self._procs.items() if p.exitcode is None}
 
 
 def terminate_children(grace: float = TERMINATE_GRACE_SECONDS) -> None:

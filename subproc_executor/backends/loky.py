@@ -18,7 +18,7 @@ from loky.backend.context import get_context  # type: ignore[import-untyped]
 
 from .. import _job
 from . import BackendConfig, OnDone
-from ._reap import child_pids, terminate_children
+from ._reap import WorkerTracker, terminate_children
 
 __all__ = ["LokyBackend"]
 
@@ -39,6 +39,7 @@ class LokyBackend:
         self._config = config
         self._context = get_context(method)
         self._pool: Any = None
+        self._tracker = WorkerTracker()
 
     def start(self) -> None:
         if self._pool is not None:
@@ -48,10 +49,11 @@ class LokyBackend:
             cfg.max_workers,
             context=self._context,
             initializer=_job.worker_init,
-            initargs=(cfg.pickler, (), cfg.initializer),
+            initargs=(cfg.pickler, (), cfg.initializer, cfg.notify),
         )
         for _ in range(cfg.max_workers):
             self._pool.submit(_job.run_batch, cfg.pickler, (), ())
+        self._tracker.live_pids()
 
     def submit(self, job_ids: Sequence[int], payloads: Sequence[bytes], on_done: OnDone) -> None:
         if self._pool is None:
@@ -68,7 +70,10 @@ class LokyBackend:
         fut.add_done_callback(done)
 
     def worker_pids(self) -> list[int]:
-        return child_pids() if self._pool is not None else []
+        return self._tracker.live_pids() if self._pool is not None else []
+
+    def worker_exitcodes(self) -> dict[int, int | None]:
+        return self._tracker.exitcodes()
 
     def quiesce(self) -> None:
         pool, self._pool = self._pool, None
@@ -80,6 +85,7 @@ class LokyBackend:
         if pool is not None:
             pool.shutdown(wait=False, kill_workers=True)
             terminate_children()
+        self._tracker.forget_dead()
         self.start()
 
     def shutdown(self, *, kill: bool) -> None:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from .. import _job
 from . import BackendConfig, OnDone
-from ._reap import child_pids, terminate_children
+from ._reap import WorkerTracker, terminate_children
 
 __all__ = ["ProcessBackend"]
 
@@ -39,6 +39,7 @@ class ProcessBackend:
         # the same numbers may name the pool's own descriptors.
         self._close_fds = config.close_fds if method == "fork" else ()
         self._pool: ProcessPoolExecutor | None = None
+        self._tracker = WorkerTracker()
 
     def start(self) -> None:
         if self._pool is not None:
@@ -51,11 +52,12 @@ class ProcessBackend:
             cfg.max_workers,
             mp_context=self._context,
             initializer=_job.worker_init,
-            initargs=(cfg.pickler, self._close_fds, cfg.initializer),
+            initargs=(cfg.pickler, self._close_fds, cfg.initializer, cfg.notify),
             **kwargs,
         )
         for _ in range(cfg.max_workers):
             self._pool.submit(_job.run_batch, cfg.pickler, (), ())
+        self._tracker.live_pids()
 
     def submit(self, job_ids: Sequence[int], payloads: Sequence[bytes], on_done: OnDone) -> None:
         if self._pool is None:
@@ -73,7 +75,10 @@ class ProcessBackend:
         fut.add_done_callback(done)
 
     def worker_pids(self) -> list[int]:
-        return child_pids() if self._pool is not None else []
+        return self._tracker.live_pids() if self._pool is not None else []
+
+    def worker_exitcodes(self) -> dict[int, int | None]:
+        return self._tracker.exitcodes()
 
     def quiesce(self) -> None:
         pool, self._pool = self._pool, None
@@ -85,6 +90,7 @@ class ProcessBackend:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
             terminate_children()
+        self._tracker.forget_dead()
         self.start()
 
     def shutdown(self, *, kill: bool) -> None:

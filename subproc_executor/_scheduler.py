@@ -1,0 +1,291 @@
+"""The sidecar's job bookkeeping: what waits, what runs where, what to rerun.
+
+No I/O and no backend calls, so the policy can be tested on its own. The
+sidecar's main loop and the backend's callback threads share one
+``Scheduler``; every method takes its lock.
+
+Life of a job in the sidecar:
+
+    waiting (backlog) --next_batches--> in a batch --started--> running on pid P
+        ^                                   |                        |
+        |                                   +-- batch done ----------+--> reported, forgotten
+        +---- requeued <-- batch failed (the pool broke) ------------+
+
+When a pool breaks, every batch it held fails at once, so a failed batch
+does not say which job killed its worker. Each job of it is one of:
+
+* not started: it did nothing; requeued as it was.
+* finished earlier in the batch: its result was lost with the batch; requeued.
+* running when the pool broke, on worker P:
+    - P died of its own accord (``culprit`` names it, or the job ran alone in
+      quarantine): this job killed its worker. It fails with P's exit status.
+    - another worker is the culprit: collateral damage; requeued.
+    - nobody can tell: requeued into *quarantine*, where suspect jobs run one
+      at a time with nothing beside them, so a second crash names the job.
+  A job is requeued after a crash at most ``MAX_CRASH_RETRIES`` times, so one
+  that keeps killing workers fails instead of looping.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+from .errors import describe_exitcode
+
+__all__ = ["Batch", "Failure", "Scheduler", "culprit"]
+
+# Times a job that was running when its pool broke is run again before it
+# fails. Higher tolerates more bad luck next to a crashing job; lower
+# wastes less time on a job that crashes its worker every time.
+MAX_CRASH_RETRIES: Final = 2
+# Most jobs grouped into one backend call. Bigger amortises more per-call
+# overhead; smaller keeps a slow job from delaying the fast ones batched with it.
+MAX_BATCH_JOBS: Final = 64
+# Jobs whose payloads add up to more than this are not grouped further.
+MAX_BATCH_BYTES: Final = 1 << 20
+
+
+@dataclass(slots=True)
+class _Job:
+    job_id: int
+    payload: bytes
+    crash_retries: int = 0
+    quarantine: bool = False
+    # (worker pid, monotonic start) once a worker announced it.
+    start: tuple[int, float] | None = None
+    # Last elapsed-interval count reported as slow, so each interval reports once.
+    reported: int = 0
+
+
+@dataclass(slots=True)
+class Batch:
+    """Jobs handed to the backend together; one worker runs them in order."""
+
+    jobs: list[_Job]
+    generation: int
+    quarantine: bool = False
+
+    @property
+    def job_ids(self) -> list[int]:
+        return [j.job_id for j in self.jobs]
+
+    @property
+    def payloads(self) -> list[bytes]:
+        return [j.payload for j in self.jobs]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A job that fails for good, and what to tell the parent about it."""
+
+    job_id: int
+    info: dict[str, object] = field(default_factory=dict)
+
+
+def culprit(exitcodes: dict[int, int | None]) -> tuple[int, int] | None:
+    """The one worker that died of its own accord, if exactly one did.
+
+    A pool that loses a worker terminates the rest (SIGTERM), and workers
+    retired by max_tasks_per_child exit with 0, so a dead worker whose exit
+    is neither names the crash. None when zero or several qualify.
+    """
+    found = [
+        (pid, code)
+        for pid, code in exitcodes.items()
+        if code is not None and code not in (0, -signal.SIGTERM)
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+class Scheduler:
+    """Jobs between the parent's SUBMIT and the backend's outcome."""
+
+    def __init__(self, max_workers: int) -> None:
+        # Batches kept in the backend, as the stdlib keeps max_workers + 1
+        # calls in its call queue: enough that a worker finishing one finds
+        # the next already there.
+        self.depth = max_workers + 1
+        self._lock = threading.Lock()
+        self._waiting: deque[_Job] = deque()
+        # {job_id: job} of jobs handed to the backend, not yet reported.
+        self._in_backend: dict[int, _Job] = {}
+        self._batches = 0
+        self._quarantine_running = False
+        self.generation = 0
+        # Exit codes seen when a generation broke: later failures of the same
+        # generation are judged against the same facts.
+        self._broken: dict[int, dict[int, int | None]] = {}
+
+    # -- queries -------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._waiting and not self._batches
+
+    @property
+    def batches_in_backend(self) -> int:
+        with self._lock:
+            return self._batches
+
+    def has_waiting(self) -> bool:
+        with self._lock:
+            return bool(self._waiting)
+
+    # -- main loop ---------------------------------------------------------------------
+
+    def add(self, job_id: int, payload: bytes) -> None:
+        with self._lock:
+            self._waiting.append(_Job(job_id, payload))
+
+    def cancel(self, job_id: int) -> bool:
+        """Drop a waiting job; False if it already went to the backend."""
+        with self._lock:
+            for i, job in enumerate(self._waiting):
+                if job.job_id == job_id:
+                    del self._waiting[i]
+                    return True
+        return False
+
+    def next_batches(self) -> list[Batch]:
+        """Batches to hand to the backend now, grouped when many jobs wait."""
+        out: list[Batch] = []
+        with self._lock:
+            while self._waiting and self._batches < self.depth and not self._quarantine_running:
+                if self._waiting[0].quarantine:
+                    if self._batches:
+                        break  # a suspect runs only with nothing beside it
+                    job = self._waiting.popleft()
+                    batch = Batch([job], self.generation, quarantine=True)
+                    self._quarantine_running = True
+                else:
+                    free = self.depth - self._batches
+                    n = min(MAX_BATCH_JOBS, max(1, math.ceil(len(self._waiting) / free)))
+                    jobs: list[_Job] = []
+                    size = 0
+                    while (
+                        self._waiting
+                        and len(jobs) < n
+                        and not self._waiting[0].quarantine
+                        and (not jobs or size < MAX_BATCH_BYTES)
+                    ):
+                        job = self._waiting.popleft()
+                        jobs.append(job)
+                        size += len(job.payload)
+                    batch = Batch(jobs, self.generation)
+                self._batches += 1
+                for job in batch.jobs:
+                    self._in_backend[job.job_id] = job
+                out.append(batch)
+        return out
+
+    def unsent(self, batch: Batch) -> None:
+        """The backend refused ``batch``: forget it was handed over."""
+        with self._lock:
+            self._release_locked(batch)
+
+    def started(self, job_id: int, pid: int, when: float) -> None:
+        """A worker announced it runs ``job_id``; ignored once the job was reported."""
+        with self._lock:
+            job = self._in_backend.get(job_id)
+            if job is not None:
+                job.start = (pid, when)
+
+    def overdue(self, now: float, interval: float) -> list[tuple[int, float, int]]:
+        """(job_id, elapsed seconds, pid) of each job running past another ``interval``."""
+        out = []
+        with self._lock:
+            for job in self._in_backend.values():
+                if job.start is None:
+                    continue
+                pid, t0 = job.start
+                count = int((now - t0) // interval)
+                if count > job.reported:
+                    job.reported = count
+                    out.append((job.job_id, now - t0, pid))
+        return out
+
+    def running_pids(self) -> dict[int, int]:
+        """{job_id: pid} of the jobs workers announced and have not finished."""
+        with self._lock:
+            return {j.job_id: j.start[0] for j in self._in_backend.values() if j.start is not None}
+
+    # -- outcomes (any thread) ---------------------------------------------------------
+
+    def done(self, batch: Batch) -> None:
+        """The batch's outcomes went to the parent."""
+        with self._lock:
+            self._release_locked(batch)
+
+    def failed(self, batch: Batch, exitcodes: dict[int, int | None], error: str) -> list[Failure]:
+        """The batch could not finish because its pool broke. Requeue what
+        deserves another run; return the jobs that fail for good."""
+        with self._lock:
+            self._release_locked(batch)
+            facts = self._broken.setdefault(batch.generation, dict(exitcodes))
+            for pid, code in exitcodes.items():
+                if facts.get(pid) is None:
+                    facts[pid] = code
+            who = culprit(facts)
+            started = [j for j in batch.jobs if j.start is not None]
+            running = started[-1] if started else None
+            failures: list[Failure] = []
+            requeue: list[_Job] = []
+            for job in batch.jobs:
+                if job is not running:
+                    requeue.append(job)  # never started, or finished but its result was lost
+                    continue
+                assert job.start is not None
+                pid = job.start[0]
+                code = facts.get(pid)
+                if batch.quarantine or (who is not None and who[0] == pid):
+                    failures.append(Failure(job.job_id, _died(job.job_id, pid, code, error, batch.quarantine)))
+                    continue
+                job.crash_retries += 1
+                if job.crash_retries > MAX_CRASH_RETRIES:
+                    info = _died(job.job_id, pid, code, error, False)
+                    info["message"] = (
+                        f"job {job.job_id} was running each of the {job.crash_retries} times a worker died; "
+                        f"giving up on it (last worker pid {pid}, {info['status']})"
+                    )
+                    failures.append(Failure(job.job_id, info))
+                    continue
+                # Collateral if the culprit is known to be another worker;
+                # otherwise a suspect, rerun alone to find out.
+                job.quarantine = who is None
+                requeue.append(job)
+            for job in reversed(requeue):
+                job.start = None
+                job.reported = 0
+                self._waiting.appendleft(job)
+            return failures
+
+    def new_generation(self) -> None:
+        """The pool was reset: later failures belong to the new pool."""
+        with self._lock:
+            self.generation += 1
+
+    def _release_locked(self, batch: Batch) -> None:
+        self._batches -= 1
+        if batch.quarantine:
+            self._quarantine_running = False
+        for job in batch.jobs:
+            self._in_backend.pop(job.job_id, None)
+
+
+def _died(job_id: int, pid: int, code: int | None, error: str, alone: bool) -> dict[str, object]:
+    status = describe_exitcode(code)
+    how = " (it ran alone, after an earlier crash left the cause unclear)" if alone else ""
+    return {
+        "kind": "worker_died",
+        "pid": pid,
+        "exitcode": code,
+        "status": status,
+        "message": f"worker pid {pid} died with {status} while running job {job_id}{how}",
+        "detail": error,
+    }
