@@ -13,13 +13,16 @@ from .errors import (
     WorkerDiedError,
 )
 from .executor import SubprocExecutor
+from .stats import ExecutorStatistics, SlowJobReport
 
 __all__ = [
     "BrokenSubprocExecutor",
+    "ExecutorStatistics",
     "InitializerFailedError",
     "ProtocolError",
     "RemoteError",
     "SidecarDiedError",
+    "SlowJobReport",
     "SubprocExecutor",
     "WorkerDiedError",
     "__version__",

@@ -51,6 +51,8 @@ class SidecarExit:
     # Why the connection ended, in words, when it was not clean.
     reason: str
     output_tail: str
+    # The error behind an unclean end, such as a ProtocolError.
+    cause: BaseException | None = None
 
     def describe(self) -> str:
         status = "is still running" if self.returncode is None else f"exited with {describe_exitcode(self.returncode)}"
@@ -126,6 +128,7 @@ class SidecarProcess:
     def _read_loop(self) -> None:
         """Serve frames until the sidecar is gone. Runs on the reader thread."""
         reason = "its pipe closed unexpectedly"
+        cause: BaseException | None = None
         decoder = FrameDecoder()
         sel = selectors.DefaultSelector()
         sel.register(self._read_fd, selectors.EVENT_READ, "frames")
@@ -149,6 +152,8 @@ class SidecarProcess:
                             frames = read_frames(self._read_fd, decoder)
                         except ProtocolError as exc:
                             reason = f"it sent a malformed frame: {exc}"
+                            cause = exc
+                            self.kill()
                             running = False
                             break
                         if frames is None:
@@ -171,11 +176,12 @@ class SidecarProcess:
         except Exception as exc:  # a bug here must not leave futures pending
             logger.exception("sidecar reader failed")
             reason = f"the parent's reader thread failed: {exc!r}"
+            cause = exc
+            self.kill()
         finally:
             sel.close()
-            if pidfd is not None:
-                os.close(pidfd)
-        self._finish(reason)
+            os.close(pidfd)
+        self._finish(reason, cause)
 
     def _deliver(self, frames: list[Frame]) -> None:
         for f in frames:
@@ -185,6 +191,7 @@ class SidecarProcess:
                 self._said_bye = True
             elif f.kind is MessageKind.FATAL:
                 self._fatal = f.payload.decode(errors="replace")
+                logger.error("sidecar pid %d: %s", self.pid, self._fatal)
         self._on_frames(frames)
 
     def _drain_frames(self, decoder: FrameDecoder) -> None:
@@ -231,7 +238,7 @@ class SidecarProcess:
         self.proc.wait()
         os.close(exit_w)
 
-    def _finish(self, reason: str) -> None:
+    def _finish(self, reason: str, cause: BaseException | None) -> None:
         """Reap the sidecar and report the end. Runs once, on the reader thread."""
         if self._said_bye:
             try:
@@ -262,6 +269,7 @@ class SidecarProcess:
             clean=self._said_bye and self.proc.returncode == 0,
             reason=reason,
             output_tail=self.output_tail(),
+            cause=cause,
         )
         try:
             self._on_lost(end)

@@ -64,7 +64,7 @@ from typing import Any, Callable, Final, Iterable, Iterator, TypeVar
 
 from . import _job
 from ._compat import ParamSpec, default_max_workers
-from ._launcher import SidecarExit, SidecarProcess
+from ._launcher import SIDECAR_EXIT_GRACE_SECONDS, SidecarExit, SidecarProcess
 from ._pickling import DEFAULT_PICKLER, Pickler, pickler_name, resolve_pickler
 from .errors import (
     BrokenSubprocExecutor,
@@ -75,6 +75,7 @@ from .errors import (
     WorkerDiedError,
 )
 from .protocol import Frame, MessageKind
+from .stats import ExecutorStatistics, SlowJobReport
 
 __all__ = ["SubprocExecutor"]
 
@@ -92,6 +93,7 @@ _EXTRA_INFLIGHT_PER_WORKER: Final = 8
 _SIDECAR_PID_ENV: Final = "SUBPROC_EXECUTOR_SIDECAR_PID"
 # Start methods of multiprocessing, and loky's own two.
 _START_METHODS: Final = ("fork", "forkserver", "spawn", "loky", "loky_init_main")
+_VALUE_TAG: Final = bytes([_job.TAG_VALUE])
 
 
 class _State(enum.Enum):
@@ -128,8 +130,10 @@ class _Core:
         pickler: Pickler,
         restart: bool,
         log_path: str | None,
+        on_status: Callable[[SlowJobReport], object] | None,
     ) -> None:
         self.max_workers = max_workers
+        self.on_status = on_status
         self.window = max_workers * (1 + _EXTRA_INFLIGHT_PER_WORKER)
         self._argv = argv
         self._env = env
@@ -154,6 +158,14 @@ class _Core:
         self.sidecar_starts = 0
         self.last_exit: SidecarExit | None = None
         self._ids = itertools.count(1)
+        # Counters for statistics(); written under the lock.
+        self.submitted = 0
+        self.n_done = 0
+        self.n_failed = 0
+        self.n_cancelled = 0
+        # The pool as last reported by the sidecar (HELLO / WORKERS frames).
+        self.worker_pids: tuple[int, ...] = ()
+        self.quiesced = False
 
     # -- sidecar management (lock held) --------------------------------------
 
@@ -177,6 +189,7 @@ class _Core:
         while self.queued and len(self.inflight) < self.window:
             job = self.queued.popleft()
             if not job.future.set_running_or_notify_cancel():
+                self.n_cancelled += 1
                 continue  # cancelled while queued: it never runs
             self.inflight[job.job_id] = job
             out.append(job)
@@ -196,6 +209,7 @@ class _Core:
         with self.lock:
             self._check_open_locked()
             job_id = next(self._ids)
+            self.submitted += 1
             if error is not None:
                 # Failed to pickle in the caller: the job fails alone, as in the stdlib.
                 fut.set_running_or_notify_cancel()
@@ -209,6 +223,8 @@ class _Core:
                 sidecar = self._ensure_sidecar_locked()
                 jobs = self._take_sendable_locked()
         if to_fail is not None:
+            with self.lock:
+                self.n_failed += 1
             _add_note(error, f"job {job_id} could not be pickled in the parent; pass picklable objects")  # type: ignore[arg-type]
             to_fail[0].set_exception(to_fail[1])
         elif sidecar is not None:
@@ -229,6 +245,7 @@ class _Core:
         """Resolve futures from sidecar frames. Runs on the reader thread; never
         raises, since an escape would stop the reader and strand every future."""
         done: list[tuple[_Job, Frame]] = []
+        reports: list[Frame] = []
         with self.lock:
             sidecar = self.sidecar
             for f in frames:
@@ -236,8 +253,14 @@ class _Core:
                     job = self.inflight.pop(f.job_id, None)
                     if job is not None:
                         done.append((job, f))
-                elif f.kind is MessageKind.WORKERS:
-                    pass  # statistics read it from the frame (issue: statistics)
+                        if f.kind is MessageKind.RESULT and f.payload[:1] == _VALUE_TAG:
+                            self.n_done += 1
+                        else:
+                            self.n_failed += 1
+                elif f.kind is MessageKind.STATUS:
+                    reports.append(f)
+                elif f.kind is MessageKind.WORKERS or f.kind is MessageKind.HELLO:
+                    self._note_workers(f.payload)
             refill = self._take_sendable_locked() if sidecar is not None else []
             stop = self._maybe_stop_locked()
         if refill and sidecar is not None:
@@ -249,6 +272,36 @@ class _Core:
                 self._resolve(job, f)
             except BaseException:  # a future's callback raised: the stdlib logs and goes on
                 logger.exception("resolving job %d failed", job.job_id)
+        for f in reports:
+            self._report_slow(f)
+
+    def _note_workers(self, payload: bytes) -> None:
+        """Lock held. Remember the pool's pids and state from a HELLO or WORKERS frame."""
+        try:
+            info = json.loads(payload)
+        except ValueError:
+            return
+        pids = info.get("worker_pids")
+        if isinstance(pids, list):
+            self.worker_pids = tuple(int(p) for p in pids)
+        self.quiesced = bool(info.get("quiesced", False))
+
+    def _report_slow(self, frame: Frame) -> None:
+        """A STATUS frame: log it and hand it to the callback. Never touches a future."""
+        try:
+            info = json.loads(frame.payload)
+            report = SlowJobReport(frame.job_id, float(info["elapsed"]), int(info["pid"]))
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignoring a malformed status report for job %d", frame.job_id)
+            return
+        logger.warning(
+            "job %d has been running for %.1fs on worker pid %d", report.job_id, report.elapsed, report.pid
+        )
+        if self.on_status is not None:
+            try:
+                self.on_status(report)
+            except Exception:
+                logger.exception("the on_status callback raised for job %d", report.job_id)
 
     def _maybe_stop_locked(self) -> SidecarProcess | None:
         """When closing and no job is left, the sidecar to tell SHUTDOWN (once)."""
@@ -325,8 +378,8 @@ class _Core:
             pid = info.get("pid")
             exitcode = info.get("exitcode")
             return WorkerDiedError(
-                f"job {job_id} failed because a worker of the pool died ({message}); "
-                "the executor replaced the pool and keeps serving",
+                f"{message}. The job may have crashed its worker (a segfault, os._exit, a signal, or "
+                "the OOM killer); the executor replaced the worker and keeps serving",
                 job_id=job_id,
                 pid=pid if isinstance(pid, int) else None,
                 exitcode=exitcode if isinstance(exitcode, int) else None,
@@ -341,8 +394,10 @@ class _Core:
                 return
             self.sidecar = None
             self.last_exit = end
+            self.worker_pids = ()
             failed = list(self.inflight.values())
             self.inflight.clear()
+            self.n_failed += len(failed)
             queued_fail: list[_Job] = []
             if not end.clean:
                 logger.error("%s", end.describe())
@@ -351,6 +406,7 @@ class _Core:
                     self.broken_reason = SidecarDiedError(end.describe(), pid=end.pid, returncode=end.returncode)
                 if self.state is _State.BROKEN:
                     queued_fail = list(self.queued)
+                    self.n_failed += sum(1 for j in queued_fail if not j.future.cancelled())
                     self.queued.clear()
             restart_now = bool(self.queued) and self.state in (_State.RUNNING, _State.CLOSING)
             sidecar = self._ensure_sidecar_locked() if restart_now else None
@@ -363,14 +419,20 @@ class _Core:
         if sidecar is not None:
             self._send(sidecar, jobs, block=False)
         for job in failed:
-            job.future.set_exception(
-                SidecarDiedError(
-                    f"job {job.job_id} was lost: {end.describe()}\n"
-                    + ("The executor starts a new sidecar for later jobs." if self._restart else
-                       "The executor is broken: create a new one."),
-                    job_id=job.job_id, pid=end.pid, returncode=end.returncode, output_tail=end.output_tail,
-                )
+            err = SidecarDiedError(
+                f"job {job.job_id} was lost: {end.describe()}\n"
+                + (
+                    "The executor starts a new sidecar for later jobs."
+                    if self._restart
+                    else "The executor is broken: create a new one."
+                ),
+                job_id=job.job_id,
+                pid=end.pid,
+                returncode=end.returncode,
+                output_tail=end.output_tail,
             )
+            err.__cause__ = end.cause
+            job.future.set_exception(err)
         for job in queued_fail:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(
@@ -388,6 +450,7 @@ class _Core:
             self.state = _State.BROKEN
             self.broken_reason = reason
             jobs = list(self.queued) + list(self.inflight.values())
+            self.n_failed += sum(1 for j in jobs if not j.future.cancelled())
             self.queued.clear()
             self.inflight.clear()
             sidecar = self.sidecar
@@ -410,6 +473,7 @@ class _Core:
                 self.state = _State.CLOSING
             if cancel_futures:
                 cancelled = list(self.queued)
+                self.n_cancelled += len(cancelled)
                 self.queued.clear()
             stop = self._maybe_stop_locked()
             sidecar = self.sidecar
@@ -420,15 +484,56 @@ class _Core:
         if wait:
             self.finished.wait() if sidecar is None else self._wait_finished()
 
+    def statistics(self) -> ExecutorStatistics:
+        with self.lock:
+            cancelled_in_queue = sum(1 for j in self.queued if j.future.cancelled())
+            return ExecutorStatistics(
+                submitted=self.submitted,
+                queued=len(self.queued) - cancelled_in_queue,
+                running=len(self.inflight),
+                done=self.n_done,
+                failed=self.n_failed,
+                cancelled=self.n_cancelled + cancelled_in_queue,
+                sidecar_pid=self.sidecar.pid if self.sidecar is not None else None,
+                worker_pids=self.worker_pids,
+                quiesced=self.quiesced,
+                sidecar_starts=self.sidecar_starts,
+                state=self.state.value,
+            )
+
+    def control(self, kind: MessageKind) -> None:
+        """Send QUIESCE or WAKEUP to the sidecar (starting one for WAKEUP)."""
+        with self.lock:
+            self._check_open_locked()
+            sidecar = self._ensure_sidecar_locked() if kind is MessageKind.WAKEUP else self.sidecar
+        if sidecar is not None:
+            sidecar.send(kind)
+
     def _wait_finished(self) -> None:
-        while not self.finished.wait(0.5):
+        """Wait for the jobs (unbounded, as the stdlib), then for the sidecar (bounded)."""
+        stopping_since: float | None = None
+        while not self.finished.wait(0.2):
             with self.lock:
                 sidecar = self.sidecar
                 state = self.state
             if sidecar is None and state in (_State.CLOSED, _State.BROKEN):
                 return
-            if sidecar is not None and sidecar.is_reader_thread():
+            if sidecar is None:
+                continue
+            if sidecar.is_reader_thread():
                 return  # shutdown(wait=True) from a callback must not wait for itself
+            if state in (_State.CLOSED, _State.BROKEN):
+                # Every job is done and SHUTDOWN was sent: the sidecar only has
+                # to stop its workers, which it bounds itself. Bound it here too.
+                now = time.monotonic()
+                stopping_since = stopping_since if stopping_since is not None else now
+                if now - stopping_since > SIDECAR_EXIT_GRACE_SECONDS:
+                    logger.warning(
+                        "sidecar pid %d did not exit %.0fs after SHUTDOWN; killing it",
+                        sidecar.pid, SIDECAR_EXIT_GRACE_SECONDS,
+                    )
+                    sidecar.kill()
+                    stopping_since = now
 
 
 def _add_note(exc: BaseException, note: str) -> None:
@@ -478,6 +583,11 @@ class SubprocExecutor(Executor):
             executor broken instead.
         log_path: write the sidecar's and workers' output to this file instead
             of the parent's stderr.
+        idle_timeout: seconds without jobs after which the workers are
+            released (the sidecar stays); the next job starts them again.
+        status_interval: report each job running longer than this many
+            seconds (a WARNING log record and ``on_status``), once per interval.
+        on_status: called with a ``SlowJobReport`` on the reader thread; keep it quick.
     """
 
     def __init__(
@@ -492,6 +602,9 @@ class SubprocExecutor(Executor):
         pickler: object = None,
         restart: bool = True,
         log_path: str | os.PathLike[str] | None = None,
+        idle_timeout: float | None = None,
+        status_interval: float | None = None,
+        on_status: Callable[[SlowJobReport], object] | None = None,
     ) -> None:
         if os.environ.get(_SIDECAR_PID_ENV) == str(os.getpid()):
             raise RuntimeError(
@@ -551,6 +664,13 @@ class SubprocExecutor(Executor):
             argv += ["--start-method", start_method]
         if max_tasks_per_child is not None:
             argv += ["--max-tasks-per-child", str(max_tasks_per_child)]
+        for name, value in (("idle_timeout", idle_timeout), ("status_interval", status_interval)):
+            if value is not None:
+                if not isinstance(value, (int, float)) or value <= 0:
+                    raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+                argv += ["--" + name.replace("_", "-"), repr(float(value))]
+        if on_status is not None and not callable(on_status):
+            raise TypeError("on_status must be a callable taking a SlowJobReport")
         self._core = _Core(
             max_workers=max_workers,
             argv=argv,
@@ -560,6 +680,7 @@ class SubprocExecutor(Executor):
             pickler=the_pickler,
             restart=restart,
             log_path=os.fspath(log_path) if log_path is not None else None,
+            on_status=on_status,
         )
         self._pickler = the_pickler
         _live_cores.add(self._core)
@@ -576,7 +697,7 @@ class SubprocExecutor(Executor):
         """
         try:
             payload = self._pickler.dumps((fn, args, kwargs))
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a __reduce__ may raise anything; the job fails alone
             return self._core.submit_payload(None, exc)
         return self._core.submit_payload(payload, None)
 
@@ -596,6 +717,20 @@ class SubprocExecutor(Executor):
         chunks = _chunks(iterables, chunksize)
         futures = [self.submit(_job.call_chunk, fn, chunk) for chunk in chunks]
         return _result_iterator(futures, end_time)
+
+    def quiesce(self) -> None:
+        """Release the workers once the jobs already sent finish. The sidecar
+        stays; the next job (or ``wakeup()``) starts workers again. Jobs
+        submitted meanwhile are never lost."""
+        self._core.control(MessageKind.QUIESCE)
+
+    def wakeup(self) -> None:
+        """Start the workers now (after ``quiesce()`` or an idle timeout)."""
+        self._core.control(MessageKind.WAKEUP)
+
+    def statistics(self) -> ExecutorStatistics:
+        """A frozen snapshot of the executor's counters and processes."""
+        return self._core.statistics()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting jobs; let the pending ones finish unless cancelled.

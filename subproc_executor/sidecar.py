@@ -56,6 +56,8 @@ SIDECAR_PID_ENV: Final = "SUBPROC_EXECUTOR_SIDECAR_PID"
 # arrives. Shorter reacts faster to a parent killed while some other process
 # holds its pipe open; longer costs fewer wakeups of an idle sidecar.
 _PARENT_POLL_SECONDS: Final = 0.5
+# After a pool breaks, how long to wait for its workers' exit codes.
+_EXIT_SETTLE_SECONDS: Final = 1.0
 # While a quiesce waits for running jobs, how often the loop looks again.
 _QUIESCE_RETRY_SECONDS: Final = 0.05
 # Slow-job checks run at least this often, so a report comes at most this
@@ -86,6 +88,8 @@ class Sidecar:
         self._jobs = scheduler
         self._notify = notify_reader
         self._notify_buf = b""
+        # Worker pids seen in start records, to notice replacements.
+        self._known_pids: set[int] = set()
         self._parent_pid = parent_pid
         self._idle_timeout = idle_timeout
         self._status_interval = status_interval
@@ -229,6 +233,7 @@ class Sidecar:
         buf = b"".join(chunks)
         now = time.monotonic()
         pos = 0
+        new_worker = False
         # Each record is a Connection message: 4-byte big-endian length, then the record.
         while len(buf) - pos >= 4:
             (n,) = _CONN_HEADER.unpack_from(buf, pos)
@@ -237,8 +242,15 @@ class Sidecar:
             if n == START_RECORD.size:
                 job_id, pid = START_RECORD.unpack_from(buf, pos + 4)
                 self._jobs.started(job_id, pid, now)
+                if pid not in self._known_pids:
+                    self._known_pids.add(pid)
+                    new_worker = True
             pos += 4 + n
         self._notify_buf = buf[pos:]
+        if new_worker:
+            # A worker replaced (max_tasks_per_child) or started on demand:
+            # keep the parent's statistics current.
+            self._send_workers()
 
     def _handle_failures(self) -> None:
         """Judge failed batches (see _scheduler); reset a broken pool once."""
@@ -247,10 +259,7 @@ class Sidecar:
                 if not self._failures:
                     return
                 batch, exc = self._failures.popleft()
-            try:
-                exitcodes = self._backend.worker_exitcodes()
-            except Exception:
-                exitcodes = {}
+            exitcodes = self._settled_exitcodes()
             error = f"{type(exc).__name__}: {exc}"
             for failure in self._jobs.failed(batch, exitcodes, error):
                 self._send_job_error(failure.job_id, failure.info)
@@ -263,6 +272,24 @@ class Sidecar:
                     self._fatal(f"could not restart the pool: {reset_exc!r}")
                     raise SystemExit(4) from reset_exc
                 self._send_workers()
+
+    def _settled_exitcodes(self) -> dict[int, int | None]:
+        """Exit codes of the workers, once those that ran the failed jobs have one.
+
+        A worker's death is seen (its pipes close) a moment before it can be
+        reaped, and a broken pool terminates the rest, so waiting briefly turns
+        "unknown" into the real exit status that names the culprit.
+        """
+        deadline = time.monotonic() + _EXIT_SETTLE_SECONDS
+        suspects = set(self._jobs.running_pids().values())
+        while True:
+            try:
+                codes = self._backend.worker_exitcodes()
+            except Exception:
+                return {}
+            if all(codes.get(pid) is not None for pid in suspects) or time.monotonic() >= deadline:
+                return codes
+            time.sleep(0.01)
 
     def _next_timer(self) -> float:
         t = self._next_status
