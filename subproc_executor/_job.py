@@ -12,10 +12,13 @@ parent) start with a tag byte:
     0x01  + pickle.dumps(ErrorRecord tuple)   the job (or decoding it) raised
     0x02  + pickle.dumps(ErrorRecord tuple)   the worker's initializer had raised
 
-An ErrorRecord is ``(exc_bytes | None, type_name, message, traceback, stage)``:
-the exception pickled by the user's pickler when possible, plus plain strings
-that always survive, so the parent can rebuild a stand-in (``RemoteError``)
-when the exception itself cannot cross.
+An ErrorRecord is ``(exc_bytes | None, type_name, message, traceback, stage,
+args_bytes | None)``: the exception pickled by the user's pickler when
+possible, its ``args`` pickled apart, and plain strings that always survive.
+The parent loads the exception; if that fails (an ``__init__`` whose signature
+does not match its ``args``, the classic way an exception breaks unpickling)
+it rebuilds the original type from ``args`` without calling ``__init__``;
+failing that, it raises a ``RemoteError`` stand-in carrying the strings.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import signal
 import struct
 import sys
 import traceback
-from typing import Any, Callable, Final, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 from ._pickling import resolve_pickler
 
@@ -36,7 +40,7 @@ TAG_VALUE: Final = 0
 TAG_ERROR: Final = 1
 TAG_INIT_FAILED: Final = 2
 
-ErrorRecord = tuple["bytes | None", str, str, str, str]
+ErrorRecord = tuple["bytes | None", str, str, str, str, "bytes | None"]
 
 # Set once per worker by worker_init when the user's initializer raised: every
 # job on this worker then answers with it instead of running (the stdlib
@@ -67,17 +71,22 @@ def _error_bytes(tag: int, pickler_name: str, exc: BaseException, stage: str) ->
         message = "<str() of the exception raised>"
     type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     exc_bytes: bytes | None
+    args_bytes: bytes | None
     try:
         # The traceback object does not pickle; the text above replaces it.
         exc.__traceback__ = None
         exc_bytes = resolve_pickler(pickler_name).dumps(exc)
     except BaseException:
         exc_bytes = None
-    record: ErrorRecord = (exc_bytes, type_name, message, tb, stage)
+    try:
+        args_bytes = resolve_pickler(pickler_name).dumps(exc.args)
+    except BaseException:
+        args_bytes = None
+    record: ErrorRecord = (exc_bytes, type_name, message, tb, stage, args_bytes)
     try:
         return bytes([tag]) + pickle.dumps(record, pickle.HIGHEST_PROTOCOL)
     except BaseException:  # a str subclass with a hostile __reduce__, say
-        return bytes([tag]) + pickle.dumps((None, type_name, "<unprintable>", tb, stage))
+        return bytes([tag]) + pickle.dumps((None, type_name, "<unprintable>", tb, stage, None))
 
 
 def run_one(pickler_name: str, payload: bytes) -> bytes:
@@ -86,7 +95,8 @@ def run_one(pickler_name: str, payload: bytes) -> bytes:
         return _init_failure
     try:
         pickler = resolve_pickler(pickler_name)
-        fn, args, kwargs = pickler.loads(payload)  # type: ignore[misc]
+        job: Any = pickler.loads(payload)
+        fn, args, kwargs = job
     except BaseException as exc:
         return _error_bytes(TAG_ERROR, pickler_name, exc, "unpickling the job in the worker")
     try:
@@ -106,7 +116,7 @@ def run_batch(pickler_name: str, job_ids: Sequence[int], payloads: Sequence[byte
     global current_job_id
     out = []
     pid = os.getpid()
-    for job_id, payload in zip(job_ids, payloads):
+    for job_id, payload in zip(job_ids, payloads, strict=True):
         current_job_id = job_id
         if _notify is not None:
             try:
@@ -152,7 +162,8 @@ def worker_init(
     if initializer is None:
         return
     try:
-        fn, args = resolve_pickler(pickler_name).loads(initializer)  # type: ignore[misc]
+        init: Any = resolve_pickler(pickler_name).loads(initializer)
+        fn, args = init
         fn(*args)
     except BaseException as exc:
         _init_failure = _error_bytes(TAG_INIT_FAILED, pickler_name, exc, "running the initializer")

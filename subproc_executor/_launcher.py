@@ -21,8 +21,9 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Final, Sequence
+from typing import Final
 
 from .errors import describe_exitcode
 from .protocol import Frame, FrameDecoder, MessageKind, ProtocolError
@@ -55,7 +56,11 @@ class SidecarExit:
     cause: BaseException | None = None
 
     def describe(self) -> str:
-        status = "is still running" if self.returncode is None else f"exited with {describe_exitcode(self.returncode)}"
+        status = (
+            "is still running"
+            if self.returncode is None
+            else f"exited with {describe_exitcode(self.returncode)}"
+        )
         text = f"sidecar (pid {self.pid}) {status}: {self.reason}"
         if self.output_tail:
             text += f"\nlast lines of its output:\n{self.output_tail}"
@@ -88,7 +93,15 @@ class SidecarProcess:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         child_fds = (to_child_r, from_child_w)
-        full_argv = [*argv, "--read-fd", str(to_child_r), "--write-fd", str(from_child_w), "--parent-pid", str(os.getpid())]
+        full_argv = [
+            *argv,
+            "--read-fd",
+            str(to_child_r),
+            "--write-fd",
+            str(from_child_w),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
         log_file = None
         try:
             if log_path is not None:

@@ -45,9 +45,9 @@ class HybridPickler:
             data = pickle.dumps(obj, _PROTOCOL)
         except Exception:
             # Lambdas, closures, local and interactively defined objects.
-            return cloudpickle.dumps(obj, _PROTOCOL)
+            return _cloudpickle_dumps(obj)
         if _MAIN_MARK in data:
-            return cloudpickle.dumps(obj, _PROTOCOL)
+            return _cloudpickle_dumps(obj)
         return data
 
     @staticmethod
@@ -55,6 +55,11 @@ class HybridPickler:
         # cloudpickle's output is ordinary pickle data (it needs cloudpickle
         # importable to load, which it is, being our dependency).
         return pickle.loads(data)
+
+
+def _cloudpickle_dumps(obj: object) -> bytes:
+    data: bytes = cloudpickle.dumps(obj, _PROTOCOL)
+    return data
 
 
 DEFAULT_PICKLER: Final = "subproc_executor._pickling:HybridPickler"

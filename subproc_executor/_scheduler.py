@@ -244,7 +244,9 @@ class Scheduler:
                 pid = job.start[0]
                 code = facts.get(pid)
                 if batch.quarantine or (who is not None and who[0] == pid):
-                    failures.append(Failure(job.job_id, _died(job.job_id, pid, code, error, batch.quarantine)))
+                    failures.append(
+                        Failure(job.job_id, _died(job.job_id, pid, code, error, batch.quarantine))
+                    )
                     continue
                 job.crash_retries += 1
                 if job.crash_retries > MAX_CRASH_RETRIES:

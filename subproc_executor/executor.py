@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import atexit
 import enum
+import importlib
 import itertools
 import json
 import logging
@@ -57,10 +58,11 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import dataclass
-from typing import Any, Callable, Final, Iterable, Iterator, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 from . import _job
 from ._compat import ParamSpec, default_max_workers
@@ -305,7 +307,12 @@ class _Core:
 
     def _maybe_stop_locked(self) -> SidecarProcess | None:
         """When closing and no job is left, the sidecar to tell SHUTDOWN (once)."""
-        if self.state is _State.CLOSING and not self.queued and not self.inflight and self.sidecar is not None:
+        if (
+            self.state is _State.CLOSING
+            and not self.queued
+            and not self.inflight
+            and self.sidecar is not None
+        ):
             self.state = _State.CLOSED
             return self.sidecar
         if self.state is _State.CLOSING and not self.queued and not self.inflight and self.sidecar is None:
@@ -333,33 +340,40 @@ class _Core:
                 return
             fut.set_result(value)
         elif tag in (_job.TAG_ERROR, _job.TAG_INIT_FAILED):
-            exc = self._rebuild_exception(payload)
+            job_exc = self._rebuild_exception(payload)
             if tag == _job.TAG_INIT_FAILED:
                 broken = InitializerFailedError(
-                    f"the initializer raised in a worker ({exc!r}); as with ProcessPoolExecutor the "
+                    f"the initializer raised in a worker ({job_exc!r}); as with ProcessPoolExecutor the "
                     "executor is now broken: fix the initializer and create a new executor",
                     job_id=job.job_id,
                 )
-                broken.__cause__ = exc
+                broken.__cause__ = job_exc
                 fut.set_exception(broken)
                 self.break_executor(broken)
             else:
-                fut.set_exception(exc)
+                fut.set_exception(job_exc)
         else:
-            fut.set_exception(RemoteError("ProtocolError", f"job {job.job_id}: outcome with unknown tag {tag}"))
+            fut.set_exception(
+                RemoteError("ProtocolError", f"job {job.job_id}: outcome with unknown tag {tag}")
+            )
 
     def _rebuild_exception(self, payload: bytes) -> BaseException:
-        exc_bytes, type_name, message, tb, stage = pickle.loads(memoryview(payload)[1:])
-        exc: BaseException
+        """The job's exception from an ErrorRecord (see _job): itself, else its
+        type rebuilt from its args, else a RemoteError carrying its text."""
+        exc_bytes, type_name, message, tb, stage, args_bytes = pickle.loads(memoryview(payload)[1:])
+        exc: BaseException | None = None
+        reason = "it could not be pickled in the worker"
         if exc_bytes is not None:
             try:
                 loaded = self._pickler.loads(exc_bytes)
-            except BaseException as load_exc:
-                exc = RemoteError(type_name, message, tb, f"unpickling it in the parent raised {load_exc!r}")
+            except Exception as load_exc:
+                reason = f"unpickling it in the parent raised {load_exc!r}"
+                exc = _rebuild_from_args(type_name, args_bytes, self._pickler)
             else:
-                exc = loaded if isinstance(loaded, BaseException) else RemoteError(type_name, message, tb)
-        else:
-            exc = RemoteError(type_name, message, tb, "it could not be pickled in the worker")
+                if isinstance(loaded, BaseException):
+                    exc = loaded
+        if exc is None:
+            exc = RemoteError(type_name, message, tb, reason)
         if stage != "running the job":
             _add_note(exc, f"raised while {stage}")
         exc.__cause__ = RemoteTraceback(tb)
@@ -403,7 +417,9 @@ class _Core:
                 logger.error("%s", end.describe())
                 if self.state is _State.RUNNING and not self._restart:
                     self.state = _State.BROKEN
-                    self.broken_reason = SidecarDiedError(end.describe(), pid=end.pid, returncode=end.returncode)
+                    self.broken_reason = SidecarDiedError(
+                        end.describe(), pid=end.pid, returncode=end.returncode
+                    )
                 if self.state is _State.BROKEN:
                     queued_fail = list(self.queued)
                     self.n_failed += sum(1 for j in queued_fail if not j.future.cancelled())
@@ -413,7 +429,12 @@ class _Core:
             jobs = self._take_sendable_locked() if sidecar is not None else []
             if self.sidecar is None and self.state in (_State.CLOSED, _State.BROKEN):
                 self.finished.set()
-            if self.state is _State.CLOSING and not self.queued and not self.inflight and self.sidecar is None:
+            if (
+                self.state is _State.CLOSING
+                and not self.queued
+                and not self.inflight
+                and self.sidecar is None
+            ):
                 self.state = _State.CLOSED
                 self.finished.set()
         if sidecar is not None:
@@ -436,8 +457,10 @@ class _Core:
         for job in queued_fail:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(
-                    BrokenSubprocExecutor(f"job {job.job_id} never ran: the executor broke ({self.broken_reason})",
-                                          job_id=job.job_id)
+                    BrokenSubprocExecutor(
+                        f"job {job.job_id} never ran: the executor broke ({self.broken_reason})",
+                        job_id=job.job_id,
+                    )
                 )
 
     # -- shutdown and breakage (any thread) -------------------------------------
@@ -530,10 +553,44 @@ class _Core:
                 if now - stopping_since > SIDECAR_EXIT_GRACE_SECONDS:
                     logger.warning(
                         "sidecar pid %d did not exit %.0fs after SHUTDOWN; killing it",
-                        sidecar.pid, SIDECAR_EXIT_GRACE_SECONDS,
+                        sidecar.pid,
+                        SIDECAR_EXIT_GRACE_SECONDS,
                     )
                     sidecar.kill()
                     stopping_since = now
+
+
+def _rebuild_from_args(type_name: str, args_bytes: bytes | None, pickler: Pickler) -> BaseException | None:
+    """An exception of the original type with the original args, made without
+    calling ``__init__`` (whose signature is what broke unpickling). None if
+    the type cannot be found or the args cannot be loaded."""
+    if args_bytes is None:
+        return None
+    try:
+        cls = _import_qualified(type_name)
+        args = pickler.loads(args_bytes)
+        if not (isinstance(cls, type) and issubclass(cls, BaseException) and isinstance(args, tuple)):
+            return None
+        exc = cls.__new__(cls, *args)
+        exc.args = args
+    except Exception:
+        return None
+    return exc
+
+
+def _import_qualified(name: str) -> object:
+    """Import "pkg.mod.Outer.Inner": the longest importable module prefix, then attributes."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:i])
+        try:
+            obj: object = sys.modules.get(module_name) or importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(f"cannot import {name}")
 
 
 def _add_note(exc: BaseException, note: str) -> None:
@@ -715,7 +772,7 @@ class SubprocExecutor(Executor):
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
         chunks = _chunks(iterables, chunksize)
-        futures = [self.submit(_job.call_chunk, fn, chunk) for chunk in chunks]
+        futures = cast("list[Future[list[T]]]", [self.submit(_job.call_chunk, fn, chunk) for chunk in chunks])
         return _result_iterator(futures, end_time)
 
     def quiesce(self) -> None:
@@ -750,7 +807,9 @@ def _start_method_name(mp_context: Any) -> str | None:
     else:
         get = getattr(mp_context, "get_start_method", None)
         if get is None:
-            raise TypeError(f"mp_context must be a multiprocessing context or a start method name, got {mp_context!r}")
+            raise TypeError(
+                f"mp_context must be a multiprocessing context or a start method name, got {mp_context!r}"
+            )
         name = get(allow_none=False)
     if name not in _START_METHODS:
         raise ValueError(f"unsupported start method {name!r}: use one of {', '.join(_START_METHODS)}")
@@ -767,7 +826,7 @@ def _sidecar_env() -> dict[str, str]:
 
 
 def _chunks(iterables: tuple[Iterable[Any], ...], chunksize: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
-    it = zip(*iterables)
+    it = zip(*iterables, strict=False)  # map stops at the shortest, as builtin map does
     while True:
         chunk = tuple(itertools.islice(it, chunksize))
         if not chunk:

@@ -37,9 +37,9 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Final, Sequence
-
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
+from typing import Final
 
 from ._job import START_RECORD
 from ._scheduler import Batch, Scheduler
@@ -114,15 +114,16 @@ class Sidecar:
             an escape would be swallowed there and leave the parent waiting."""
             try:
                 if not isinstance(outcome, BaseException) and len(outcome) != len(batch.jobs):
-                    outcome = RuntimeError(f"backend returned {len(outcome)} outcomes for {len(batch.jobs)} jobs")
+                    outcome = RuntimeError(
+                        f"backend returned {len(outcome)} outcomes for {len(batch.jobs)} jobs"
+                    )
                 if isinstance(outcome, BaseException):
                     with self._failures_lock:
                         self._failures.append((batch, outcome))
                 else:
                     try:
-                        self._writer.send_many(
-                            (MessageKind.RESULT, job_id, out) for job_id, out in zip(batch.job_ids, outcome)
-                        )
+                        results = zip(batch.job_ids, outcome, strict=True)
+                        self._writer.send_many((MessageKind.RESULT, job_id, out) for job_id, out in results)
                     except PipeClosed:
                         pass  # the parent is gone; the main loop sees EOF
                     self._jobs.done(batch)
@@ -189,7 +190,9 @@ class Sidecar:
                 self._jobs.add(frame.job_id, frame.payload)
             elif kind is MessageKind.CANCEL:
                 if self._jobs.cancel(frame.job_id):
-                    self._send_job_error(frame.job_id, {"kind": "cancelled", "message": f"job {frame.job_id} was cancelled"})
+                    self._send_job_error(
+                        frame.job_id, {"kind": "cancelled", "message": f"job {frame.job_id} was cancelled"}
+                    )
             elif kind is MessageKind.QUIESCE:
                 self._quiesce_requested = True
             elif kind is MessageKind.WAKEUP:
@@ -214,7 +217,9 @@ class Sidecar:
                 logger.exception("backend refused jobs %s", batch.job_ids)
                 self._jobs.unsent(batch)
                 for job_id in batch.job_ids:
-                    self._send_job_error(job_id, {"kind": "backend", "message": f"the backend refused the job: {exc!r}"})
+                    self._send_job_error(
+                        job_id, {"kind": "backend", "message": f"the backend refused the job: {exc!r}"}
+                    )
 
     def _read_start_records(self) -> None:
         """Drain the workers' job-start announcements (non-blocking)."""
@@ -370,7 +375,9 @@ def _drain_pipe(fd: int) -> None:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m subproc_executor.sidecar", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m subproc_executor.sidecar", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--read-fd", type=int, required=True, help="frames from the parent")
     p.add_argument("--write-fd", type=int, required=True, help="frames to the parent")
     p.add_argument("--parent-pid", type=int, required=True, help="exit if our parent is no longer this pid")

@@ -21,7 +21,8 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Final, Iterable
+from collections.abc import Iterable
+from typing import Final
 
 from .protocol import Frame, FrameDecoder, MessageKind, encode_header
 
@@ -68,7 +69,7 @@ class FrameWriter:
     def send_many(self, items: Iterable[tuple[MessageKind, int, bytes]], *, block: bool = True) -> None:
         """Queue frames atomically (in order, not interleaved with other
         senders) and write them, or leave them to the writer of the moment."""
-        parts = []
+        parts: list[bytes] = []
         for kind, job_id, payload in items:
             parts.append(encode_header(kind, job_id, len(payload)))
             if payload:
@@ -101,7 +102,7 @@ class FrameWriter:
                     self._writing = False
                     self._wake.notify_all()
                     return
-                parts = []
+                parts: list[bytes] = []
                 size = 0
                 while self._queue and len(parts) < _IOV_PARTS:
                     p = self._queue.popleft()
@@ -126,10 +127,7 @@ class FrameWriter:
     def _write_all(self, parts: list[bytes]) -> None:
         views = [memoryview(p) for p in parts]
         while views:
-            if len(views) == 1:
-                n = os.write(self._fd, views[0])
-            else:
-                n = os.writev(self._fd, views)
+            n = os.write(self._fd, views[0]) if len(views) == 1 else os.writev(self._fd, views)
             while n:
                 head = views[0]
                 if n >= len(head):

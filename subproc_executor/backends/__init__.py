@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Final, Protocol, Sequence
+from typing import Final, Protocol
 
 __all__ = ["BUILTIN_BACKENDS", "Backend", "BackendConfig", "BackendFactory", "OnDone", "load_backend"]
 
@@ -165,7 +166,9 @@ def check_options(name: str, start_method: str | None, max_tasks_per_child: int 
             + (f": {hint}" if hint else f"; use one of {', '.join(m for m in methods if m)}")
         )
     if max_tasks_per_child is not None and not limits["max_tasks_per_child"]:
-        raise ValueError(f"backend {name!r} does not support max_tasks_per_child: {limits.get('max_tasks_hint')}")
+        raise ValueError(
+            f"backend {name!r} does not support max_tasks_per_child: {limits.get('max_tasks_hint')}"
+        )
 
 
 def load_backend(name: str, config: BackendConfig) -> Backend:

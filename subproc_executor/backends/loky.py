@@ -10,11 +10,12 @@ at construction (see ``BACKEND_LIMITS``), so nothing is silently ignored.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future
-from typing import Any, Sequence
+from typing import Any
 
-from loky import ProcessPoolExecutor as LokyPool  # type: ignore[import-untyped]
-from loky.backend.context import get_context  # type: ignore[import-untyped]
+from loky import ProcessPoolExecutor as LokyPool
+from loky.backend.context import get_context
 
 from .. import _job
 from . import BackendConfig, OnDone

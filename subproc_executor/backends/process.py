@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
-from typing import Sequence
 
 from .. import _job
 from . import BackendConfig, OnDone
