@@ -1,19 +1,27 @@
-"""subproc_executor: a drop-in ProcessPoolExecutor whose pool lives in a sidecar process."""
+"""subproc_executor: a drop-in ProcessPoolExecutor whose pool lives in a sidecar process.
+
+The public names are loaded on first use (PEP 562), so the sidecar and the
+workers, which import this package only for its internals, do not pay for
+the executor and cloudpickle at start-up.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING
 
-from .errors import (
-    BrokenSubprocExecutor,
-    InitializerFailedError,
-    ProtocolError,
-    RemoteError,
-    SidecarDiedError,
-    WorkerDiedError,
-)
-from .executor import SubprocExecutor
-from .stats import ExecutorStatistics, SlowJobReport
+if TYPE_CHECKING:
+    from .errors import (
+        BrokenSubprocExecutor,
+        InitializerFailedError,
+        ProtocolError,
+        RemoteError,
+        SidecarDiedError,
+        WorkerDiedError,
+    )
+    from .executor import SubprocExecutor
+    from .stats import ExecutorStatistics, SlowJobReport
 
 __all__ = [
     "BrokenSubprocExecutor",
@@ -30,4 +38,30 @@ __all__ = [
 
 __version__ = "0.1.0"
 
+# name -> module that defines it
+_EXPORTS = {
+    "BrokenSubprocExecutor": "errors",
+    "InitializerFailedError": "errors",
+    "ProtocolError": "errors",
+    "RemoteError": "errors",
+    "SidecarDiedError": "errors",
+    "WorkerDiedError": "errors",
+    "SubprocExecutor": "executor",
+    "ExecutorStatistics": "stats",
+    "SlowJobReport": "stats",
+}
+
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

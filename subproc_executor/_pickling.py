@@ -20,8 +20,6 @@ import importlib
 import pickle
 from typing import Final, Protocol
 
-import cloudpickle
-
 __all__ = ["DEFAULT_PICKLER", "HybridPickler", "Pickler", "pickler_name", "resolve_pickler"]
 
 _PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
@@ -58,6 +56,8 @@ class HybridPickler:
 
 
 def _cloudpickle_dumps(obj: object) -> bytes:
+    import cloudpickle  # only when needed: a sidecar and most workers never are
+
     data: bytes = cloudpickle.dumps(obj, _PROTOCOL)
     return data
 

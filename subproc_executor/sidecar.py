@@ -120,6 +120,7 @@ class Sidecar:
                 if isinstance(outcome, BaseException):
                     with self._failures_lock:
                         self._failures.append((batch, outcome))
+                    self._wake()
                 else:
                     try:
                         results = zip(batch.job_ids, outcome, strict=True)
@@ -127,9 +128,12 @@ class Sidecar:
                     except PipeClosed:
                         pass  # the parent is gone; the main loop sees EOF
                     self._jobs.done(batch)
-                # Always wake the loop: it drains the start records, refills
-                # the backend, and handles failures.
-                self._wake()
+                    # Wake the loop only if it has jobs to hand out, or must
+                    # start the idle clock. Start records pile up meanwhile,
+                    # at most one per job in the parent's window, far below a
+                    # pipe's capacity.
+                    if self._jobs.has_waiting() or (self._idle_timeout is not None and self._jobs.idle):
+                        self._wake()
             except BaseException:
                 logger.exception("reporting jobs %s failed", batch.job_ids)
 
@@ -149,6 +153,8 @@ class Sidecar:
         sel.register(self._read_fd, selectors.EVENT_READ, "parent")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         next_poll = time.monotonic() + _PARENT_POLL_SECONDS
+        # Jobs may have arrived with INIT, before the loop: hand them out first.
+        self._dispatch()
         while True:
             timeout = max(0.0, min(next_poll, self._next_timer()) - time.monotonic())
             for key, _ in sel.select(timeout):

@@ -1,0 +1,38 @@
+"""The functions benchmark jobs run.
+
+They live in an importable module, never in ``__main__`` or a closure, so every
+contender can send them by reference, spawn and forkserver included: a spawned
+worker unpickles ``benchmarks._jobs.noop`` by importing this module, which it
+finds because the harness puts the repository root on ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import NoReturn, TypeVar
+
+T = TypeVar("T")
+
+
+def noop() -> None:
+    """Do nothing: what is left to time is the executor's own round trip."""
+
+
+def identity(x: T) -> T:
+    """Return the argument, so a payload crosses the executor in both directions."""
+    return x
+
+
+def pause(seconds: float) -> float:
+    """Stand in for a job that takes a while (work, not synchronisation), so a
+    crashing neighbour finds it running or queued."""
+    time.sleep(seconds)
+    return seconds
+
+
+def kill_self() -> NoReturn:
+    """Die the way a segfault or the OOM killer would: no exception, no cleanup."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable: SIGKILL cannot be caught")

@@ -1,0 +1,99 @@
+"""PNG plots of a run: latency, throughput and the big-parent curve.
+
+Matplotlib is optional (the ``bench`` extra): without it the plots are skipped
+with a warning and the table and JSON are still written. The Agg backend is
+selected before pyplot is imported, so no display is needed. Like the table,
+the plots read the JSON-shaped results; contenders without a number are left
+out and named in the subtitle.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def write_plots(results: Mapping[str, Any], out: Path) -> list[Path]:
+    """Write every plot whose family was measured; return the paths written."""
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning("matplotlib is not installed: skipping plots (pip install -e '.[bench]')")
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measurements = results["measurements"]
+    meta = results["meta"]
+    caption = (
+        f"Python {meta['python']}, {meta['usable_cores']} cores, {meta['workers']} workers, {meta['date']}"
+    )
+    written: list[Path] = []
+    for family, plot in (("latency", _bars), ("throughput", _bars), ("big-parent", _curve)):
+        if family not in measurements:
+            continue
+        fig = plot(plt, measurements[family], caption)
+        if fig is None:
+            continue
+        path = out / f"{family}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _measured(family: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """Names of contenders with at least one number, and of those without."""
+    cells = family["cells"]
+    good = [name for name, cell in cells.items() if cell["values"]]
+    return good, [name for name in cells if name not in good]
+
+
+def _subtitle(caption: str, missing: Sequence[str]) -> str:
+    return caption + (f"\nnot measured: {', '.join(missing)}" if missing else "")
+
+
+def _bars(plt: Any, family: Mapping[str, Any], caption: str) -> Any:
+    """One panel per speed metric, one bar per contender: the metrics differ in scale."""
+    metrics = [m for m in family["metrics"] if m["has_ratio"]]
+    names, missing = _measured(family)
+    if not names or not metrics:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        values = [family["cells"][n]["values"].get(metric["key"], 0.0) for n in names]
+        bars = ax.bar(range(len(names)), values, color=[f"C{i}" for i in range(len(names))])
+        ax.bar_label(bars, labels=[str(metric["fmt"]).format(v) if v else "" for v in values], fontsize=7)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        better = "lower" if metric["better"] == "lower" else "higher"
+        ax.set_title(f"{metric['label']} ({better} is better)", fontsize=10)
+        ax.set_ylabel(metric["unit"])
+    fig.suptitle(f"{family['title']}\n{_subtitle(caption, missing)}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _curve(plt: Any, family: Mapping[str, Any], caption: str) -> Any:
+    """Time to first result against the parent's size, one line per contender."""
+    names, missing = _measured(family)
+    if not names:
+        return None
+    sizes = [(int(m["key"].rsplit("_", 1)[1].removesuffix("gib")), m["key"]) for m in family["metrics"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in names:
+        values = family["cells"][name]["values"]
+        points = [(gib, values[key]) for gib, key in sizes if key in values]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xlabel("parent's resident memory before the executor starts (GiB)")
+    ax.set_ylabel("constructor to first result (ms)")
+    ax.set_xticks([gib for gib, _ in sizes])
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"big parent: time to first result\n{_subtitle(caption, missing)}", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,90 @@
+"""The executors being compared, by name.
+
+Each contender is *loaded* (its modules imported, a constructor returned) apart
+from being *constructed*, so the cold-start family can time the constructor
+alone and report the import separately. Imports happen inside ``load`` and by
+name (``importlib``), so a contender whose package is missing or broken fails
+its own cells in its own child, never the harness.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, cast
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+# Ratios in every table are against this contender, measured in the same run.
+BASELINE: Final = "stdlib-fork"
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One executor configuration."""
+
+    name: str
+    description: str
+    # workers -> zero-argument constructor. Imports happen here, not at construction.
+    load: Callable[[int], Callable[[], Executor]]
+    # Has quiesce()/wakeup(): the idle-memory family also measures after quiesce().
+    lifecycle: bool = False
+
+
+def _stdlib(method: str) -> Callable[[int], Callable[[], Executor]]:
+    def load(workers: int) -> Callable[[], Executor]:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context(method)
+        return functools.partial(ProcessPoolExecutor, max_workers=workers, mp_context=context)
+
+    return load
+
+
+def _loky(workers: int) -> Callable[[], Executor]:
+    module = importlib.import_module("loky")
+    return cast("Callable[[], Executor]", functools.partial(module.ProcessPoolExecutor, max_workers=workers))
+
+
+def _subproc(backend: str) -> Callable[[int], Callable[[], Executor]]:
+    def load(workers: int) -> Callable[[], Executor]:
+        # By name: the package is being written alongside the harness, and an
+        # ImportError must become this contender's error cell.
+        module = importlib.import_module("subproc_executor")
+        factory = functools.partial(module.SubprocExecutor, max_workers=workers, backend=backend)
+        return cast("Callable[[], Executor]", factory)
+
+    return load
+
+
+CONTENDERS: Final[dict[str, Contender]] = {
+    c.name: c
+    for c in (
+        Contender("stdlib-fork", "concurrent.futures.ProcessPoolExecutor, mp_context fork", _stdlib("fork")),
+        Contender(
+            "stdlib-forkserver",
+            "concurrent.futures.ProcessPoolExecutor, mp_context forkserver",
+            _stdlib("forkserver"),
+        ),
+        Contender(
+            "stdlib-spawn", "concurrent.futures.ProcessPoolExecutor, mp_context spawn", _stdlib("spawn")
+        ),
+        Contender("loky", "loky.ProcessPoolExecutor (its default context)", _loky),
+        Contender(
+            "subproc-process",
+            'SubprocExecutor(backend="process"): stdlib pool inside the sidecar',
+            _subproc("process"),
+            lifecycle=True,
+        ),
+        Contender(
+            "subproc-loky",
+            'SubprocExecutor(backend="loky"): loky pool inside the sidecar',
+            _subproc("loky"),
+            lifecycle=True,
+        ),
+    )
+}
