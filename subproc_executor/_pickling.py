@@ -84,7 +84,11 @@ def pickler_name(pickler: object) -> str:
             "module-level object that workers can import"
         )
     name = f"{module}:{qualname}" if qualname else module
-    if resolve_pickler(name) is not pickler:
+    try:
+        found: object = resolve_pickler(name)
+    except (ImportError, AttributeError):
+        found = None
+    if found is not pickler:
         raise ValueError(
             f"pickler {pickler!r} cannot be imported back as {name!r}: pass a module, "
             "class or module-level object that workers can import"

@@ -329,3 +329,38 @@ def test_functions_and_classes_from_main_work(variant: tuple[str, str | None], t
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[2, 4, 7]"
+
+
+# -- pluggable pickler ---------------------------------------------------------------
+
+
+def test_pickler_by_module(make_executor: MakeExecutor) -> None:
+    import cloudpickle
+
+    ex = make_executor(1, pickler=cloudpickle)
+    assert ex.submit(lambda x: x + 1, 1).result(timeout=60) == 2
+
+
+def test_pickler_must_be_importable_by_name() -> None:
+    class LocalPickler:
+        @staticmethod
+        def dumps(obj: object) -> bytes:
+            return b""
+
+        @staticmethod
+        def loads(data: bytes) -> object:
+            return None
+
+    with pytest.raises(ValueError, match="import"):
+        SubprocExecutor(1, pickler=LocalPickler)
+    with pytest.raises(TypeError, match="dumps"):
+        SubprocExecutor(1, pickler=object())
+
+
+def test_plain_pickle_cannot_send_a_lambda_but_fails_only_that_job(make_executor: MakeExecutor) -> None:
+    import pickle
+
+    ex = make_executor(1, pickler=pickle)
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        ex.submit(lambda: 1).result(timeout=60)
+    assert ex.submit(jobs.square, 5).result(timeout=60) == 25
