@@ -72,6 +72,8 @@ class SidecarExit:
     output_tail: str
     # The error behind an unclean end, such as a ProtocolError.
     cause: BaseException | None = None
+    # False if it ended before saying HELLO: it could not start at all.
+    started: bool = True
 
     def describe(self) -> str:
         status = (
@@ -303,6 +305,7 @@ class SidecarProcess:
             reason=reason,
             output_tail=self.output_tail(),
             cause=cause,
+            started=bool(self.hello),
         )
         try:
             self._on_lost(end)

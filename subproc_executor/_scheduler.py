@@ -105,11 +105,14 @@ def culprit(exitcodes: dict[int, int | None]) -> tuple[int, int] | None:
 class Scheduler:
     """Jobs between the parent's SUBMIT and the backend's outcome."""
 
-    def __init__(self, max_workers: int) -> None:
+    def __init__(self, max_workers: int, max_batch_jobs: int = MAX_BATCH_JOBS) -> None:
         # Batches kept in the backend, as the stdlib keeps max_workers + 1
         # calls in its call queue: enough that a worker finishing one finds
         # the next already there.
         self.depth = max_workers + 1
+        # 1 when a pool counts tasks per worker (max_tasks_per_child): it
+        # counts a batch as one task, and the user counts jobs.
+        self.max_batch_jobs = max_batch_jobs
         self._lock = threading.Lock()
         self._waiting: deque[_Job] = deque()
         # {job_id: job} of jobs handed to the backend, not yet reported.
@@ -120,6 +123,8 @@ class Scheduler:
         # Exit codes seen when a generation broke: later failures of the same
         # generation are judged against the same facts.
         self._broken: dict[int, dict[int, int | None]] = {}
+        # Whether the backend's workers announce jobs at all (see _job.START_RECORD).
+        self._seen_records = False
 
     # -- queries -------------------------------------------------------------------
 
@@ -165,7 +170,7 @@ class Scheduler:
                     self._quarantine_running = True
                 else:
                     free = self.depth - self._batches
-                    n = min(MAX_BATCH_JOBS, max(1, math.ceil(len(self._waiting) / free)))
+                    n = min(self.max_batch_jobs, max(1, math.ceil(len(self._waiting) / free)))
                     jobs: list[_Job] = []
                     size = 0
                     while (
@@ -192,6 +197,7 @@ class Scheduler:
     def started(self, job_id: int, pid: int, when: float) -> None:
         """A worker announced it runs ``job_id``; ignored once the job was reported."""
         with self._lock:
+            self._seen_records = True
             job = self._in_backend.get(job_id)
             if job is not None:
                 job.start = (pid, when)
@@ -234,14 +240,19 @@ class Scheduler:
             who = culprit(facts)
             started = [j for j in batch.jobs if j.start is not None]
             running = started[-1] if started else None
+            if running is None and (batch.quarantine or not self._seen_records):
+                # No start record (a backend without announcements, or one
+                # lost with the worker): the batch's first job is the only
+                # one that can have run, so it is the suspect. Without this a
+                # job that kills its worker would be retried forever.
+                running = batch.jobs[0]
             failures: list[Failure] = []
             requeue: list[_Job] = []
             for job in batch.jobs:
                 if job is not running:
                     requeue.append(job)  # never started, or finished but its result was lost
                     continue
-                assert job.start is not None
-                pid = job.start[0]
+                pid = job.start[0] if job.start is not None else 0
                 code = facts.get(pid)
                 if batch.quarantine or (who is not None and who[0] == pid):
                     failures.append(
@@ -283,11 +294,12 @@ class Scheduler:
 def _died(job_id: int, pid: int, code: int | None, error: str, alone: bool) -> dict[str, object]:
     status = describe_exitcode(code)
     how = " (it ran alone, after an earlier crash left the cause unclear)" if alone else ""
+    worker = f"worker pid {pid}" if pid else "a worker (pid unknown)"
     return {
         "kind": "worker_died",
-        "pid": pid,
+        "pid": pid or None,
         "exitcode": code,
         "status": status,
-        "message": f"worker pid {pid} died with {status} while running job {job_id}{how}",
+        "message": f"{worker} died with {status} while running job {job_id}{how}",
         "detail": error,
     }

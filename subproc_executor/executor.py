@@ -415,7 +415,10 @@ class _Core:
             queued_fail: list[_Job] = []
             if not end.clean:
                 logger.error("%s", end.describe())
-                if self.state is _State.RUNNING and not self._restart:
+                if self.state is _State.RUNNING and (not self._restart or not end.started):
+                    # A sidecar that cannot start (a backend refusing an
+                    # option, a bad "module:attr") would fail the same way
+                    # again: restarting it would loop.
                     self.state = _State.BROKEN
                     self.broken_reason = SidecarDiedError(
                         end.describe(), pid=end.pid, returncode=end.returncode

@@ -42,7 +42,7 @@ from multiprocessing.connection import Connection
 from typing import Final
 
 from ._job import START_RECORD
-from ._scheduler import Batch, Scheduler
+from ._scheduler import MAX_BATCH_JOBS, Batch, Scheduler
 from .backends import Backend, BackendConfig, OnDone, load_backend
 from .protocol import Frame, FrameDecoder, MessageKind, ProtocolError
 from .transport import FrameWriter, PipeClosed, read_frames
@@ -443,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_tasks_per_child=args.max_tasks_per_child,
             pickler=args.pickler,
             initializer=initializer,
-            close_fds=(args.read_fd, args.write_fd),
+            close_fds=(args.read_fd, args.write_fd, notify_reader.fileno()),
             notify=notify_writer,
         )
         backend = load_backend(args.backend, config)
@@ -469,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.read_fd,
         writer,
         backend,
-        Scheduler(args.max_workers),
+        Scheduler(args.max_workers, max_batch_jobs=1 if args.max_tasks_per_child else MAX_BATCH_JOBS),
         notify_reader,
         args.parent_pid,
         args.idle_timeout,

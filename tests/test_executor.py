@@ -272,9 +272,12 @@ def test_max_tasks_per_child_replaces_workers(make_executor: MakeExecutor, varia
         pytest.skip("max_tasks_per_child is incompatible with fork, as in the stdlib")
     if variant[0] == "loky":
         pytest.skip("loky has no max_tasks_per_child; the constructor refuses it (test_backends)")
-    ex = make_executor(1, max_tasks_per_child=1)
+    ex = make_executor(2, max_tasks_per_child=1)
     pids = [ex.submit(jobs.getpid).result(timeout=60) for _ in range(3)]
     assert len(set(pids)) == 3
+    # A burst too: the sidecar must not group jobs the pool would count as one task.
+    burst = [ex.submit(jobs.getpid) for _ in range(8)]
+    assert len({f.result(timeout=60) for f in burst} | set(pids)) == 11
 
 
 # -- what stdlib workers can reach, ours can ------------------------------------------

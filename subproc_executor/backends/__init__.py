@@ -44,7 +44,7 @@ BACKEND_LIMITS: Final[dict[str, dict[str, object]]] = {
         "start_methods": (None, "loky", "loky_init_main", "forkserver", "spawn"),
         "max_tasks_per_child": False,
         "module": "loky",
-        "install": "pip install 'subproc-executor[loky]' (or pip install loky)",
+        "install": "pip install loky",
         "fork_hint": "loky's workers run next to its threads, where fork is unsafe; "
         "use the default start method (None or 'loky'), or backend='process' to fork",
         "max_tasks_hint": "loky cannot replace a worker after N tasks; use backend='process' "

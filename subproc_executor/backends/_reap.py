@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import signal
 import time
+from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Final
 
@@ -47,21 +50,37 @@ class WorkerTracker:
 
 
 def terminate_children(grace: float = TERMINATE_GRACE_SECONDS) -> None:
-    """Stop every multiprocessing child of this process; bounded by ``grace``."""
-    procs = multiprocessing.active_children()
+    """Stop every multiprocessing child of this process; bounded by ``grace``.
+
+    Liveness is read from each process's sentinel and signals are sent by
+    pid, not through ``Process`` methods: a pool's own thread may reap a
+    worker first (then ``exitcode`` stays None though it is gone), and
+    loky's process objects have no ``kill()``.
+    """
+    procs = [p for p in multiprocessing.active_children() if p.pid is not None]
+    for p in procs:
+        _signal(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    pending: dict[int, BaseProcess] = {}
     for p in procs:
         try:
-            p.terminate()
-        except (OSError, ValueError):
+            pending[p.sentinel] = p
+        except ValueError:  # closed by its pool: it has been reaped
             pass
-    deadline = time.monotonic() + grace
+    while pending and time.monotonic() < deadline:
+        for sentinel in wait(list(pending), timeout=max(0.0, deadline - time.monotonic())):
+            if isinstance(sentinel, int):
+                pending.pop(sentinel, None)
+    for p in pending.values():
+        logger.warning("worker pid %s ignored SIGTERM for %.1fs; sending SIGKILL", p.pid, grace)
+        _signal(p, signal.SIGKILL)
     for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    for p in procs:
-        if p.exitcode is None:
-            logger.warning("worker pid %s ignored SIGTERM for %.1fs; sending SIGKILL", p.pid, grace)
-            try:
-                p.kill()
-            except (OSError, ValueError):
-                pass
-            p.join(5)
+        p.join(5 if p in pending.values() else 0.1)
+
+
+def _signal(p: BaseProcess, sig: int) -> None:
+    assert p.pid is not None
+    try:
+        os.kill(p.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # already gone (and maybe reaped by the pool)

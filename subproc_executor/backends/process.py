@@ -55,8 +55,11 @@ class ProcessBackend:
             initargs=(cfg.pickler, self._close_fds, cfg.initializer, cfg.notify),
             **kwargs,
         )
-        for _ in range(cfg.max_workers):
-            self._pool.submit(_job.run_batch, cfg.pickler, (), ())
+        if cfg.max_tasks_per_child is None:
+            # Warm start. Not with max_tasks_per_child: the pool would count
+            # the warm-up as each worker's first task.
+            for _ in range(cfg.max_workers):
+                self._pool.submit(_job.run_batch, cfg.pickler, (), ())
         self._tracker.live_pids()
 
     def submit(self, job_ids: Sequence[int], payloads: Sequence[bytes], on_done: OnDone) -> None:

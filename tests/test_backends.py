@@ -1,0 +1,555 @@
+"""The backend interface (docs/backends.md): naming, option checks, and the
+``Backend`` contract checked method by method on every backend.
+
+Three groups:
+
+* Names and options, checked in the parent at construction: built-in names,
+  entry points, "module:attr", and the options a built-in backend refuses.
+* The example third-party backend (tests/example_backend.py) driven through
+  the sidecar, named as "module:attr" and as an entry point.
+* The sidecar-side API run in this process: ``load_backend`` builds each
+  backend from a ``BackendConfig``, and each method keeps its contract.
+  (Not with fork: this process has threads, and forking a threaded process is
+  what the sidecar exists to avoid; test_executor covers fork through it.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import jobs
+import psutil
+import pytest
+
+from subproc_executor import BrokenSubprocExecutor, SubprocExecutor, WorkerDiedError, _job
+from subproc_executor._pickling import DEFAULT_PICKLER, HybridPickler
+from subproc_executor.backends import (
+    BACKEND_LIMITS,
+    BUILTIN_BACKENDS,
+    ENTRY_POINT_GROUP,
+    Backend,
+    BackendConfig,
+    check_options,
+    known_backends,
+    load_backend,
+    resolve_backend_name,
+)
+from subproc_executor.errors import RemoteTraceback
+
+EXAMPLE = "example_backend:PipeBackend"
+# Every blocking wait in this module is bounded by this.
+WAIT_SECONDS = 15.0
+
+
+# -- helpers -------------------------------------------------------------------------
+
+# Long-lived helpers that multiprocessing and loky start once per process and
+# keep until it exits; they are not workers, and not leaks.
+_HELPER_MARKS = ("multiprocessing.forkserver", "resource_tracker")
+
+
+def _children() -> set[int]:
+    pids = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if not any(mark in cmdline for mark in _HELPER_MARKS):
+            pids.add(p.pid)
+    return pids
+
+
+def _wait_gone(pids: set[int] | list[int], timeout: float = WAIT_SECONDS) -> set[int]:
+    """Pids from ``pids`` still alive after ``timeout`` (zombies count as gone)."""
+    deadline = time.monotonic() + timeout
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    alive.discard(pid)
+            except psutil.NoSuchProcess:
+                alive.discard(pid)
+        if alive:
+            time.sleep(0.02)
+    return alive
+
+
+def _payload(fn: Callable[..., object], *args: object, **kwargs: object) -> bytes:
+    """Job bytes as the parent makes them."""
+    return HybridPickler.dumps((fn, args, kwargs))
+
+
+def _decode(outcome: bytes) -> tuple[int, object]:
+    """(tag, value) for a value outcome, (tag, exception type name) otherwise."""
+    tag = outcome[0]
+    if tag == _job.TAG_VALUE:
+        return tag, HybridPickler.loads(outcome[1:])
+    record = pickle.loads(outcome[1:])
+    return tag, record[1]
+
+
+class OnDoneRecorder:
+    """An ``on_done`` that records every call, thread-safely."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[bytes] | BaseException] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, outcome: list[bytes] | BaseException) -> None:
+        with self._cond:
+            self.calls.append(outcome)
+            self._cond.notify_all()
+
+    def wait(self, n: int = 1, timeout: float = WAIT_SECONDS) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.calls) >= n, timeout)
+
+
+def _run_one(backend: Backend, fn: Callable[..., object], *args: object) -> object:
+    """Run one job through ``backend``; its decoded value."""
+    rec = OnDoneRecorder()
+    backend.submit([1], [_payload(fn, *args)], rec)
+    assert rec.wait(), "on_done was not called"
+    (outcome,) = rec.calls
+    assert isinstance(outcome, list), outcome
+    tag, value = _decode(outcome[0])
+    assert tag == _job.TAG_VALUE, value
+    return value
+
+
+def _config(start_method: str | None, **overrides: object) -> BackendConfig:
+    fields: dict[str, object] = {
+        "max_workers": 2,
+        "start_method": start_method,
+        "max_tasks_per_child": None,
+        "pickler": DEFAULT_PICKLER,
+        "initializer": None,
+    }
+    fields.update(overrides)
+    return BackendConfig(**fields)  # type: ignore[arg-type]
+
+
+# -- names: built-in, entry point, "module:attr" ----------------------------------------------
+
+
+def test_builtin_names_resolve_to_strings_without_importing() -> None:
+    for name, target in BUILTIN_BACKENDS.items():
+        assert resolve_backend_name(name) == target
+        assert name in known_backends()
+    assert resolve_backend_name("some.module:Factory") == "some.module:Factory"
+    assert "some.module" not in sys.modules
+
+
+def test_unknown_backend_fails_at_construction_listing_the_known_ones() -> None:
+    before = _children()
+    with pytest.raises(ValueError, match="unknown backend 'no-such-pool'") as info:
+        SubprocExecutor(backend="no-such-pool")
+    message = str(info.value)
+    for name in known_backends():
+        assert name in message
+    assert "module:attr" in message
+    assert _children() == before, "a refused executor must not start a sidecar"
+
+
+def _install_entry_point(site: Path, name: str, target: str) -> None:
+    """A minimal installed distribution registering ``name`` in our group."""
+    dist = site / "example_backend_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: example-backend-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{name} = {target}\n")
+
+
+def test_entry_point_backend_is_found_and_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _install_entry_point(tmp_path, "example-pipes", EXAMPLE)
+    assert "example-pipes" not in known_backends()
+    # Before constructing: the sidecar inherits sys.path as PYTHONPATH.
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "example-pipes" in known_backends()
+    assert resolve_backend_name("example-pipes") == EXAMPLE
+    with pytest.raises(ValueError, match="example-pipes"):
+        resolve_backend_name("no-such-pool")  # the error lists entry points too
+    with SubprocExecutor(1, backend="example-pipes") as ex:
+        assert ex.submit(jobs.add, 20, b=22).result(WAIT_SECONDS) == 42
+
+
+def test_bad_module_attr_fails_the_job_not_the_constructor(tmp_path: Path) -> None:
+    # The parent never imports a backend, so a typo shows on the first job.
+    ex = SubprocExecutor(1, backend="no_such_module:Pool", restart=False, log_path=tmp_path / "sidecar.log")
+    try:
+        fut = ex.submit(jobs.square, 3)
+        with pytest.raises(BrokenSubprocExecutor, match="no_such_module"):
+            fut.result(WAIT_SECONDS)
+    finally:
+        ex.shutdown(wait=True)
+
+
+def test_load_backend_refuses_what_is_not_a_factory() -> None:
+    with pytest.raises(TypeError, match="not callable"):
+        load_backend("example_backend:_GRACE_SECONDS", _config(None))
+    with pytest.raises(ValueError, match="unknown backend"):
+        load_backend("no-such-pool", _config(None))
+
+
+# -- options a built-in backend cannot honour: refused in the parent ---------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_tasks_per_child": 2}, {"max_tasks_per_child": 2, "mp_context": "spawn"}]
+)
+def test_loky_refuses_max_tasks_per_child_naming_the_alternative(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="max_tasks_per_child") as info:
+        SubprocExecutor(backend="loky", **kwargs)  # type: ignore[arg-type]
+    assert "backend='process'" in str(info.value)
+
+
+@pytest.mark.parametrize("fork", ["fork", "fork-context"])
+def test_loky_refuses_fork_naming_the_alternatives(fork: str) -> None:
+    import multiprocessing
+
+    mp_context: object = multiprocessing.get_context("fork") if fork == "fork-context" else "fork"
+    with pytest.raises(ValueError, match="start method 'fork'") as info:
+        SubprocExecutor(backend="loky", mp_context=mp_context)
+    message = str(info.value)
+    assert "default start method" in message
+    assert "backend='process'" in message
+
+
+@pytest.mark.parametrize("method", ["loky", "loky_init_main"])
+def test_process_backend_refuses_lokys_start_methods(method: str) -> None:
+    with pytest.raises(ValueError, match=f"start method '{method}'") as info:
+        SubprocExecutor(backend="process", mp_context=method)
+    assert "fork, forkserver, spawn" in str(info.value)
+
+
+def test_each_backend_accepts_its_documented_start_methods() -> None:
+    for name, limits in BACKEND_LIMITS.items():
+        methods = limits["start_methods"]
+        assert isinstance(methods, tuple)
+        for method in methods:
+            check_options(name, method, None)  # does not raise
+    # Third-party backends check their own options in the sidecar.
+    check_options(EXAMPLE, "fork", 3)
+
+
+def test_loky_not_installed_fails_with_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, package: str | None = None) -> object:
+        return None if name == "loky" else real_find_spec(name, package)
+
+    monkeypatch.setattr("subproc_executor.backends.importlib.util.find_spec", find_spec)
+    before = _children()
+    with pytest.raises(ImportError, match="pip install") as info:
+        SubprocExecutor(backend="loky")
+    assert "loky" in str(info.value)
+    assert _children() == before
+
+
+# -- the example backend, through the sidecar ---------------------------------------------------
+
+
+def test_example_backend_runs_submit_map_exceptions_and_initializer() -> None:
+    with SubprocExecutor(2, backend=EXAMPLE, initializer=jobs.set_global, initargs=("ready",)) as ex:
+        assert ex.submit(jobs.add, 2, b=5).result(WAIT_SECONDS) == 7
+        assert list(ex.map(jobs.square, range(10), chunksize=3, timeout=WAIT_SECONDS)) == [
+            x * x for x in range(10)
+        ]
+        fut = ex.submit(jobs.raise_value_error, "boom")
+        with pytest.raises(ValueError, match="boom") as info:
+            fut.result(WAIT_SECONDS)
+        assert isinstance(info.value.__cause__, RemoteTraceback)
+        assert ex.submit(jobs.get_global).result(WAIT_SECONDS) == "ready"
+        pids = set(ex.map(jobs.getpid, range(8), timeout=WAIT_SECONDS))
+        assert 1 <= len(pids) <= 2
+
+
+def test_example_backend_honours_the_pickler() -> None:
+    import cloudpickle
+
+    with SubprocExecutor(1, backend=EXAMPLE, pickler=cloudpickle) as ex:
+        assert ex.submit(lambda x: x + 1, 41).result(WAIT_SECONDS) == 42
+
+
+def test_example_backend_worker_crash_fails_one_job_and_keeps_serving() -> None:
+    with SubprocExecutor(2, backend=EXAMPLE) as ex:
+        fut = ex.submit(jobs.kill_self)
+        with pytest.raises(WorkerDiedError) as info:
+            fut.result(WAIT_SECONDS)
+        assert info.value.exitcode == -9
+        assert ex.submit(jobs.square, 7).result(WAIT_SECONDS) == 49
+
+
+def test_example_backend_refuses_its_unsupported_options_in_the_sidecar(tmp_path: Path) -> None:
+    # A third-party backend is not in BACKEND_LIMITS: the constructor accepts
+    # the option, and the backend's own refusal fails the first job.
+    ex = SubprocExecutor(
+        1,
+        backend=EXAMPLE,
+        mp_context="spawn",
+        max_tasks_per_child=2,
+        restart=False,
+        log_path=tmp_path / "sidecar.log",
+    )
+    try:
+        with pytest.raises(BrokenSubprocExecutor, match="max_tasks_per_child"):
+            ex.submit(jobs.square, 3).result(WAIT_SECONDS)
+    finally:
+        ex.shutdown(wait=True)
+
+
+# -- the sidecar-side API, in this process ----------------------------------------------------
+
+IN_PROCESS = [("process", "forkserver"), ("process", "spawn"), ("loky", None), (EXAMPLE, None)]
+IN_PROCESS_IDS = ["process-forkserver", "process-spawn", "loky", "example"]
+
+MakeBackend = Callable[..., Backend]
+
+
+@pytest.fixture(params=IN_PROCESS, ids=IN_PROCESS_IDS)
+def make_backend(request: pytest.FixtureRequest) -> Iterator[MakeBackend]:
+    """Build backends with ``load_backend`` as the sidecar does; shut them down
+    and check that no worker is left after the test.
+
+    The teardown shuts down gracefully: no job is left running by a test, and
+    the kill path has tests of its own.
+    """
+    name, method = request.param
+    if name == "loky":
+        pytest.importorskip("loky")
+    before = _children()
+    built: list[Backend] = []
+
+    def make(**overrides: object) -> Backend:
+        backend = load_backend(name, _config(method, **overrides))
+        built.append(backend)
+        return backend
+
+    yield make
+    for backend in built:
+        backend.shutdown(kill=False)
+    leaked = _wait_gone(_children() - before)
+    assert not leaked, f"workers left behind: {sorted(leaked)}"
+
+
+def test_start_reports_max_workers_pids_and_shutdown_kill_none(make_backend: MakeBackend) -> None:
+    backend = make_backend()
+    assert backend.worker_pids() == []
+    backend.start()
+    pids = backend.worker_pids()
+    assert len(pids) == 2
+    assert all(psutil.pid_exists(pid) for pid in pids)
+    assert {pid: None for pid in pids}.items() <= backend.worker_exitcodes().items()
+    backend.start()  # idempotent
+    assert backend.worker_pids() == pids
+    backend.shutdown(kill=True)
+    assert backend.worker_pids() == []
+    assert not _wait_gone(pids)
+
+
+def test_submit_calls_on_done_once_with_one_outcome_per_job(make_backend: MakeBackend) -> None:
+    backend = make_backend()
+    backend.start()
+    batches = [
+        (
+            [1, 2, 3],
+            [_payload(jobs.add, 1, b=2), _payload(jobs.raise_value_error, "bad"), _payload(jobs.square, 4)],
+        ),
+        ([4], [_payload(jobs.identity, "x")]),
+        ([5, 6], [_payload(jobs.square, 5), _payload(jobs.square, 6)]),
+    ]
+    recorders = [OnDoneRecorder() for _ in batches]
+    for (job_ids, payloads), rec in zip(batches, recorders, strict=True):
+        backend.submit(job_ids, payloads, rec)
+    for rec in recorders:
+        assert rec.wait()
+    backend.shutdown(kill=False)  # every callback has run by now: none may come twice
+    decoded = []
+    for (job_ids, _), rec in zip(batches, recorders, strict=True):
+        assert len(rec.calls) == 1
+        (outcomes,) = rec.calls
+        assert isinstance(outcomes, list) and len(outcomes) == len(job_ids)
+        decoded.append([_decode(o) for o in outcomes])
+    assert decoded == [
+        [(_job.TAG_VALUE, 3), (_job.TAG_ERROR, "builtins.ValueError"), (_job.TAG_VALUE, 16)],
+        [(_job.TAG_VALUE, "x")],
+        [(_job.TAG_VALUE, 25), (_job.TAG_VALUE, 36)],
+    ]
+
+
+def test_submit_before_start_starts_the_pool(make_backend: MakeBackend) -> None:
+    backend = make_backend()
+    assert _run_one(backend, jobs.square, 9) == 81
+    assert len(backend.worker_pids()) >= 1
+
+
+def test_initializer_runs_in_the_workers(make_backend: MakeBackend) -> None:
+    backend = make_backend(initializer=HybridPickler.dumps((jobs.set_global, ("initialized",))))
+    backend.start()
+    assert _run_one(backend, jobs.get_global) == "initialized"
+
+
+def test_quiesce_waits_for_submitted_batches_then_releases_the_workers(make_backend: MakeBackend) -> None:
+    backend = make_backend()
+    backend.start()
+    before = backend.worker_pids()
+    rec = OnDoneRecorder()
+    backend.submit([1], [_payload(jobs.sleep_return, 0.2, "late")], rec)
+    backend.quiesce()
+    assert rec.wait()
+    (outcomes,) = rec.calls
+    assert isinstance(outcomes, list) and _decode(outcomes[0]) == (_job.TAG_VALUE, "late")
+    assert backend.worker_pids() == []
+    assert not _wait_gone(before)
+    backend.start()
+    after = backend.worker_pids()
+    assert len(after) == 2 and not set(after) & set(before)
+    assert _run_one(backend, jobs.square, 3) == 9
+
+
+def test_reset_replaces_the_workers(make_backend: MakeBackend) -> None:
+    backend = make_backend()
+    backend.start()
+    before = backend.worker_pids()
+    backend.reset()
+    after = backend.worker_pids()
+    assert len(after) == 2 and not set(after) & set(before)
+    assert not _wait_gone(before)
+    assert _run_one(backend, jobs.square, 4) == 16
+
+
+def test_dead_worker_fails_its_batch_through_on_done(make_backend: MakeBackend) -> None:
+    backend = make_backend()
+    backend.start()
+    rec = OnDoneRecorder()
+    backend.submit([1], [_payload(jobs.kill_self)], rec)
+    assert rec.wait()
+    (outcome,) = rec.calls
+    assert isinstance(outcome, BaseException), outcome
+    # The sidecar reads how the worker ended to name the culprit.
+    deadline = time.monotonic() + WAIT_SECONDS
+    while -9 not in backend.worker_exitcodes().values() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert -9 in backend.worker_exitcodes().values()
+    backend.reset()
+    assert _run_one(backend, jobs.square, 5) == 25
+    assert len(rec.calls) == 1
+
+
+def test_shutdown_kill_reports_the_running_batch_once(make_backend: MakeBackend, tmp_path: Path) -> None:
+    backend = make_backend()
+    backend.start()
+    pids = backend.worker_pids()
+    started, gate = tmp_path / "started", tmp_path / "gate"  # the gate never opens
+    rec = OnDoneRecorder()
+    backend.submit([1], [_payload(jobs.block_until, str(started), str(gate))], rec)
+    assert jobs.wait_for_path(started, WAIT_SECONDS)
+    t0 = time.monotonic()
+    backend.shutdown(kill=True)
+    assert time.monotonic() - t0 < 10, "shutdown(kill=True) must not wait for the job"
+    assert rec.wait()
+    assert len(rec.calls) == 1
+    assert isinstance(rec.calls[0], BaseException)
+    assert backend.worker_pids() == []
+    assert not _wait_gone(pids)
+
+
+_IGNORE_SIGTERM = (
+    "import pathlib, signal, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "pathlib.Path({ready!r}).touch()\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_terminate_children_kills_a_loky_worker_that_ignores_sigterm(tmp_path: Path) -> None:
+    """Bounded termination must work for loky's workers too: SIGTERM, grace, SIGKILL."""
+    pytest.importorskip("loky")
+    from loky.backend.context import get_context
+
+    from subproc_executor.backends._reap import terminate_children
+
+    ready = tmp_path / "ready"
+    proc = get_context("loky").Process(target=exec, args=(_IGNORE_SIGTERM.format(ready=str(ready)),))
+    proc.start()
+    try:
+        assert jobs.wait_for_path(ready, WAIT_SECONDS)
+        terminate_children(grace=0.2)
+        assert proc.exitcode == -signal.SIGKILL
+    finally:
+        if proc.exitcode is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join(WAIT_SECONDS)
+
+
+def test_a_crash_without_start_records_is_not_retried_forever() -> None:
+    """A backend that does not pass ``config.notify`` gives the sidecar no start
+    records. A job that keeps killing its worker must still fail after a bounded
+    number of tries, as it does with records, instead of looping."""
+    from subproc_executor._scheduler import MAX_CRASH_RETRIES, Scheduler
+
+    scheduler = Scheduler(max_workers=1)
+    scheduler.add(1, b"job bytes")
+    for _ in range(MAX_CRASH_RETRIES + 2):
+        (batch,) = scheduler.next_batches()
+        if scheduler.failed(batch, {4242: -signal.SIGKILL}, "RuntimeError: worker died"):
+            return
+        scheduler.new_generation()
+    pytest.fail(f"job 1 was requeued {MAX_CRASH_RETRIES + 2} times and never failed")
+
+
+def test_loky_refuses_fork_and_max_tasks_per_child_in_the_sidecar_too() -> None:
+    pytest.importorskip("loky")
+    with pytest.raises(ValueError, match="fork"):
+        load_backend("loky", _config("fork"))
+    with pytest.raises(ValueError, match="max_tasks_per_child"):
+        load_backend("loky", _config(None, max_tasks_per_child=1))
+
+
+# -- docs/backends.md stays true -------------------------------------------------------------
+
+_DOCS = Path(__file__).resolve().parents[1] / "docs" / "backends.md"
+
+
+def test_docs_show_the_example_backend_as_it_is() -> None:
+    example = (Path(__file__).parent / "example_backend.py").read_text()
+    assert f"```python\n{example}```" in _DOCS.read_text(), (
+        "docs/backends.md must show tests/example_backend.py verbatim"
+    )
+
+
+@pytest.mark.parametrize(
+    ("backend", "start_method", "max_tasks_per_child"),
+    [("loky", None, 10), ("loky", "fork", None), ("process", "loky", None)],
+)
+def test_docs_quote_the_refusals_as_they_are(
+    backend: str, start_method: str | None, max_tasks_per_child: int | None
+) -> None:
+    with pytest.raises(ValueError) as info:
+        check_options(backend, start_method, max_tasks_per_child)
+    docs = " ".join(_DOCS.read_text().split())
+    assert " ".join(str(info.value).split()) in docs
+
+
+def test_docs_describe_every_backend_method() -> None:
+    docs = _DOCS.read_text()
+    methods = [
+        name for name in vars(Backend) if not name.startswith("_") and callable(getattr(Backend, name))
+    ]
+    assert methods
+    for name in methods:
+        assert f"### `{name}(" in docs, f"docs/backends.md has no section for Backend.{name}"
+    for field in dataclasses.fields(BackendConfig):
+        assert f"| `{field.name}`" in docs, f"docs/backends.md does not describe BackendConfig.{field.name}"
+    for name in BUILTIN_BACKENDS:
+        assert f"| `{name}`" in docs, f"docs/backends.md has no row for the built-in backend {name!r}"
