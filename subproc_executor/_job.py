@@ -28,6 +28,7 @@ import pickle
 import signal
 import struct
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -53,10 +54,11 @@ current_job_id: int | None = None
 # runs: that is how the sidecar knows which job a dead worker was running,
 # and for how long a slow job has been running.
 _notify: Any = None
-# One start record: job id, worker pid. 12 bytes plus the Connection's
-# 4-byte length prefix, far below PIPE_BUF, so concurrent workers' writes
-# never interleave and need no lock.
-START_RECORD: Final = struct.Struct("<Qi")
+# One start record: job id, worker pid, time.monotonic() at the start (the
+# clock is system-wide on Linux, so the sidecar can compare it with its own).
+# 20 bytes plus the Connection's 4-byte length prefix, far below PIPE_BUF, so
+# concurrent workers' writes never interleave and need no lock.
+START_RECORD: Final = struct.Struct("<Qid")
 
 
 def _error_bytes(tag: int, pickler_name: str, exc: BaseException, stage: str) -> bytes:
@@ -120,7 +122,7 @@ def run_batch(pickler_name: str, job_ids: Sequence[int], payloads: Sequence[byte
         current_job_id = job_id
         if _notify is not None:
             try:
-                _notify.send_bytes(START_RECORD.pack(job_id, pid))
+                _notify.send_bytes(START_RECORD.pack(job_id, pid, time.monotonic()))
             except (OSError, ValueError):
                 pass  # the sidecar is going away; the job still runs
         out.append(run_one(pickler_name, payload))

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Final
 
@@ -63,6 +63,10 @@ _QUIESCE_RETRY_SECONDS: Final = 0.05
 # Slow-job checks run at least this often, so a report comes at most this
 # late after its interval elapses.
 _STATUS_TICK_SECONDS: Final = 0.25
+# Whether time.monotonic() in a worker reads the same clock as here
+# (CLOCK_MONOTONIC is system-wide on Linux); elsewhere a start is timed
+# when the sidecar reads its record.
+_SHARED_MONOTONIC: Final = sys.platform.startswith("linux")
 # The length prefix multiprocessing.Connection puts before each message.
 _CONN_HEADER: Final = struct.Struct("!i")
 
@@ -251,8 +255,8 @@ class Sidecar:
             if len(buf) - pos - 4 < n:
                 break
             if n == START_RECORD.size:
-                job_id, pid = START_RECORD.unpack_from(buf, pos + 4)
-                self._jobs.started(job_id, pid, now)
+                job_id, pid, when = START_RECORD.unpack_from(buf, pos + 4)
+                self._jobs.started(job_id, pid, when if _SHARED_MONOTONIC else now)
                 if pid not in self._known_pids:
                     self._known_pids.add(pid)
                     new_worker = True
@@ -278,7 +282,7 @@ class Sidecar:
                 self._jobs.new_generation()
                 logger.warning("pool broke (%s); starting a new one", error)
                 try:
-                    self._backend.reset()
+                    self._start_pool(self._backend.reset)
                 except Exception as reset_exc:
                     self._fatal(f"could not restart the pool: {reset_exc!r}")
                     raise SystemExit(4) from reset_exc
@@ -332,9 +336,20 @@ class Sidecar:
 
     def _wakeup(self) -> None:
         if self._quiesced:
-            self._backend.start()
+            self._start_pool(self._backend.start)
             self._quiesced = False
             self._send_workers()
+
+    def _start_pool(self, start: Callable[[], None]) -> None:
+        """Start (or reset) the pool with no thread of ours alive.
+
+        A fork copies only the calling thread; the sidecar forks workers only
+        while no other thread of its own exists (DESIGN.md), so the writer's
+        helper thread is stopped first. It restarts on the next send that
+        needs it. The backends join their own pool threads before this.
+        """
+        self._writer.stop_helper()
+        start()
 
     def _finish(self) -> int:
         opts = self._shutdown or {}

@@ -58,6 +58,8 @@ class FrameWriter:
         self._error: OSError | None = None
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        # A helper thread asked to exit by stop_helper().
+        self._stop_thread: threading.Thread | None = None
 
     def send(self, kind: MessageKind, job_id: int = 0, payload: bytes = b"", *, block: bool = True) -> None:
         """Send one frame. Raises PipeClosed once the peer is gone."""
@@ -139,14 +141,32 @@ class FrameWriter:
 
     def _run(self) -> None:
         """The helper thread: writes for senders that must not block."""
+        me = threading.current_thread()
         while True:
             with self._lock:
-                while not self._closed and (self._writing or not self._queue):
+                stopping = self._closed or self._stop_thread is me
+                while not stopping and (self._writing or not self._queue):
                     self._wake.wait()
-                if self._closed and not self._queue:
+                    stopping = self._closed or self._stop_thread is me
+                if stopping and (self._writing or not self._queue):
+                    # Queue empty, or someone else is draining it: done.
+                    if self._stop_thread is me:
+                        self._stop_thread = None
                     return
                 self._writing = True
             self._drain()
+
+    def stop_helper(self) -> None:
+        """Stop the helper thread after it drains the queue; the next
+        ``send(block=False)`` that needs one starts a new one. Lets the
+        sidecar fork with no other thread alive."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            self._stop_thread = thread
+            self._wake.notify_all()
+        thread.join()
 
     def close(self) -> None:
         """Stop the helper thread once the queue drains. Does not close the fd."""

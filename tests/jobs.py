@@ -98,3 +98,167 @@ def kill_self(sig: int = signal.SIGKILL) -> None:
 def sleep_return(seconds: float, value: object = None) -> object:
     time.sleep(seconds)
     return value
+
+
+# -- faults (tests/test_failures.py) -------------------------------------------------
+
+
+def segfault() -> None:
+    """Die of SIGSEGV, quietly: no faulthandler dump, no core file."""
+    import faulthandler
+
+    faulthandler.disable()
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, ValueError, OSError):
+        pass
+    sigsegv = getattr(faulthandler, "_sigsegv", None)
+    if sigsegv is not None:
+        sigsegv()
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def write_pid(path: str | os.PathLike[str]) -> int:
+    """Write our pid to ``path`` atomically (a reader never sees half of it)."""
+    pid = os.getpid()
+    tmp = f"{os.fspath(path)}.{pid}.tmp"
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.replace(tmp, path)
+    return pid
+
+
+def read_pid(path: str | os.PathLike[str], timeout: float = 30.0) -> int:
+    """Wait for ``path`` (written by write_pid) and return the pid in it."""
+    if not wait_for_path(path, timeout):
+        raise TimeoutError(f"{path} never appeared")
+    return int(Path(path).read_text())
+
+
+def die(pid_path: str, how: str) -> None:
+    """Record our pid (appending a line to ``pid_path``.log each run) and
+    write it to ``pid_path``, then kill this worker: "sigkill", "exit3" or "segv"."""
+    append_line(f"{pid_path}.log", str(os.getpid()))
+    write_pid(pid_path)
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "exit3":
+        os._exit(3)
+    elif how == "segv":
+        segfault()
+    raise ValueError(f"unknown way to die: {how!r}")
+
+
+def block_with_pid(pid_path: str, gate: str, value: object = None, timeout: float = 60.0) -> object:
+    """Write our pid to ``pid_path`` (the start signal), then wait for ``gate``."""
+    write_pid(pid_path)
+    if not wait_for_path(gate, timeout):
+        raise TimeoutError(f"gate {gate} never opened")
+    return value
+
+
+def ignore_sigterm_and_block(pid_path: str, gate: str, timeout: float = 60.0) -> int:
+    """Ignore SIGTERM (only SIGKILL ends us), announce our pid, wait for ``gate``."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    block_with_pid(pid_path, gate, timeout=timeout)
+    return os.getpid()
+
+
+def print_and_block(marker: str, pid_path: str, gate: str) -> None:
+    """Write ``marker`` to stderr (flushed: it must reach the log), then block."""
+    import sys
+
+    print(marker, file=sys.stderr, flush=True)
+    block_with_pid(pid_path, gate)
+
+
+def make_lock() -> object:
+    """A result that cannot be pickled."""
+    import threading
+
+    return threading.Lock()
+
+
+def instantiate(cls: type) -> object:
+    """Return ``cls()``: a result built in the worker, for faults.*AtPickle/*AtUnpickle."""
+    return cls()
+
+
+def exit_job(message: str = "job called sys.exit") -> None:
+    raise SystemExit(message)
+
+
+class UnpicklableError(Exception):
+    """An exception that cannot be pickled: it holds a lock."""
+
+    def __init__(self, message: str) -> None:
+        import threading
+
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable_error(message: str) -> None:
+    raise UnpicklableError(message)
+
+
+class TwoArgError(Exception):
+    """Pickles, but cannot be unpickled: pickle calls TwoArgError("a-b")."""
+
+    def __init__(self, a: object, b: object) -> None:
+        super().__init__(f"{a}-{b}")
+
+
+def raise_two_arg_error(a: object, b: object) -> None:
+    raise TwoArgError(a, b)
+
+
+class JobAbort(BaseException):
+    """A BaseException that is neither SystemExit nor KeyboardInterrupt."""
+
+
+def raise_base_exception(kind: str) -> None:
+    if kind == "SystemExit":
+        raise SystemExit(7)
+    if kind == "KeyboardInterrupt":
+        raise KeyboardInterrupt("job interrupted")
+    raise JobAbort("job aborted")
+
+
+# -- lifecycle (tests/test_lifecycle.py) -------------------------------------------------
+
+
+def print_to_stderr(text: str) -> str:
+    """Write ``text`` to this worker's stderr, flushed, and return it."""
+    import sys
+
+    print(text, file=sys.stderr, flush=True)
+    return text
+
+
+def warn_deprecation(text: str) -> str:
+    """Issue a DeprecationWarning in the worker (shown only if its filters allow)."""
+    import warnings
+
+    warnings.warn(text, DeprecationWarning, stacklevel=1)
+    return text
+
+
+def nested_square(x: int) -> int:
+    """From inside a job: build a SubprocExecutor of our own, square ``x`` on it, shut it down."""
+    from subproc_executor import SubprocExecutor
+
+    ex = SubprocExecutor(1)
+    try:
+        result: int = ex.submit(square, x).result(timeout=60)
+    finally:
+        ex.shutdown(wait=True)
+    return result
+
+
+def raise_holding(cls: type) -> None:
+    """Raise a ValueError whose args hold ``cls()``, built in the worker (for
+    faults.*AtUnpickle: the exception then misbehaves only in the parent)."""
+    raise ValueError(cls())

@@ -86,6 +86,7 @@ class LokyBackend:
         if pool is not None:
             pool.shutdown(wait=False, kill_workers=True)
             terminate_children()
+            pool.shutdown(wait=True)
         self._tracker.forget_dead()
         self.start()
 

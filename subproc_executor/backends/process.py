@@ -93,6 +93,9 @@ class ProcessBackend:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
             terminate_children()
+            # Join the old pool's threads: the new pool may fork, which must
+            # happen with no other thread alive.
+            pool.shutdown(wait=True)
         self._tracker.forget_dead()
         self.start()
 
