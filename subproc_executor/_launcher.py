@@ -131,8 +131,11 @@ class SidecarProcess:
             self.proc = subprocess.Popen(
                 full_argv,
                 stdin=subprocess.DEVNULL,
-                stdout=log_file if log_file is not None else subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                # Like stdlib workers, jobs print to our stdout; stderr (where
+                # tracebacks and crash reports go) is copied by the reader so
+                # its tail can be quoted when the sidecar dies.
+                stdout=log_file,
+                stderr=log_file if log_file is not None else subprocess.PIPE,
                 pass_fds=child_fds,
                 env=env,
                 cwd=cwd,
@@ -167,8 +170,8 @@ class SidecarProcess:
         decoder = FrameDecoder()
         sel = selectors.DefaultSelector()
         sel.register(self._read_fd, selectors.EVENT_READ, "frames")
-        if self.proc.stdout is not None:
-            sel.register(self.proc.stdout.fileno(), selectors.EVENT_READ, "output")
+        if self.proc.stderr is not None:
+            sel.register(self.proc.stderr.fileno(), selectors.EVENT_READ, "output")
         pidfd = self._open_pidfd()
         if pidfd is None:
             # No pidfd (not Linux, or an old kernel): a waiter thread turns
@@ -241,7 +244,7 @@ class SidecarProcess:
             return
 
     def _pump_output(self, fd: int) -> bool:
-        """Copy the sidecar's output to our stderr, keeping its tail. False at EOF."""
+        """Copy the sidecar's stderr to ours, keeping its tail. False at EOF."""
         try:
             data = os.read(fd, READ_CHUNK_BYTES)
         except OSError:
@@ -291,8 +294,8 @@ class SidecarProcess:
             self.proc.wait(5.0)
         except subprocess.TimeoutExpired:
             logger.error("sidecar pid %d survived SIGKILL for 5s", self.pid)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
         self.writer.close_fd()
         self.writer.close()
         os.close(self._read_fd)

@@ -86,11 +86,18 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# Extra jobs sent to the sidecar beyond one per worker. A bigger window lets
+# The window: jobs sent to the sidecar and not yet finished. A bigger one lets
 # the sidecar batch more and keeps workers busy across the round trip; a
-# smaller one lets Future.cancel() succeed for more of the queued jobs.
-# The stdlib's equivalent, EXTRA_QUEUED_CALLS, is 1 per pool.
-_EXTRA_INFLIGHT_PER_WORKER: Final = 8
+# smaller one lets Future.cancel() succeed for more of the queued jobs. So it
+# adapts: it starts at max_workers + 1, as the stdlib's call queue, and grows
+# to hold about _WINDOW_TARGET_SECONDS of work at the measured completion
+# rate, at most _MAX_EXTRA_PER_WORKER jobs per worker more. Slow jobs (where
+# cancelling matters) keep it at the stdlib's size; a flood of tiny jobs
+# (where they finish before anyone could cancel them) opens it up.
+_WINDOW_TARGET_SECONDS: Final = 0.002
+_MAX_EXTRA_PER_WORKER: Final = 32
+# How often the completion rate is measured.
+_RATE_PERIOD_SECONDS: Final = 0.01
 # Environment variable that marks the sidecar process (see sidecar.py).
 _SIDECAR_PID_ENV: Final = "SUBPROC_EXECUTOR_SIDECAR_PID"
 # Start methods of multiprocessing, and loky's own two.
@@ -136,7 +143,12 @@ class _Core:
     ) -> None:
         self.max_workers = max_workers
         self.on_status = on_status
-        self.window = max_workers * (1 + _EXTRA_INFLIGHT_PER_WORKER)
+        self._base_window = max_workers + 1
+        self.window = self._base_window
+        self._max_window = max_workers * (1 + _MAX_EXTRA_PER_WORKER)
+        # Completions counted since _rate_since, to size the window.
+        self._rate_count = 0
+        self._rate_since = time.monotonic()
         self._argv = argv
         self._env = env
         self._cwd = cwd
@@ -263,6 +275,8 @@ class _Core:
                     reports.append(f)
                 elif f.kind is MessageKind.WORKERS or f.kind is MessageKind.HELLO:
                     self._note_workers(f.payload)
+            if done:
+                self._adapt_window_locked(len(done))
             refill = self._take_sendable_locked() if sidecar is not None else []
             stop = self._maybe_stop_locked()
         if refill and sidecar is not None:
@@ -304,6 +318,17 @@ class _Core:
                 self.on_status(report)
             except Exception:
                 logger.exception("the on_status callback raised for job %d", report.job_id)
+
+    def _adapt_window_locked(self, finished: int) -> None:
+        """Resize the window from the completion rate (see _WINDOW_TARGET_SECONDS)."""
+        self._rate_count += finished
+        now = time.monotonic()
+        elapsed = now - self._rate_since
+        if elapsed >= _RATE_PERIOD_SECONDS:
+            rate = self._rate_count / elapsed
+            self.window = min(self._max_window, self._base_window + int(rate * _WINDOW_TARGET_SECONDS))
+            self._rate_count = 0
+            self._rate_since = now
 
     def _maybe_stop_locked(self) -> SidecarProcess | None:
         """When closing and no job is left, the sidecar to tell SHUTDOWN (once)."""
