@@ -70,7 +70,9 @@ def test_submit_keyword_named_fn_and_self(shared_executor: SubprocExecutor) -> N
 
 @pytest.mark.parametrize("chunksize", [1, 3, 1000])
 def test_map_keeps_order(shared_executor: SubprocExecutor, chunksize: int) -> None:
-    assert list(shared_executor.map(jobs.square, range(200), chunksize=chunksize)) == [x * x for x in range(200)]
+    assert list(shared_executor.map(jobs.square, range(200), chunksize=chunksize)) == [
+        x * x for x in range(200)
+    ]
 
 
 def test_map_zips_several_iterables_to_the_shortest(shared_executor: SubprocExecutor) -> None:
@@ -110,7 +112,7 @@ def test_job_exception_keeps_type_and_remote_traceback(shared_executor: SubprocE
     cause = info.value.__cause__
     assert isinstance(cause, RemoteTraceback)
     assert "raise_value_error" in str(cause)
-    assert 'raise ValueError(message)' in str(cause)
+    assert "raise ValueError(message)" in str(cause)
 
 
 def test_as_completed_and_wait(shared_executor: SubprocExecutor) -> None:
@@ -123,7 +125,9 @@ def test_as_completed_and_wait(shared_executor: SubprocExecutor) -> None:
 def test_run_in_executor(shared_executor: SubprocExecutor) -> None:
     async def main() -> list[object]:
         loop = asyncio.get_running_loop()
-        return await asyncio.gather(*(loop.run_in_executor(shared_executor, jobs.square, i) for i in range(5)))
+        return await asyncio.gather(
+            *(loop.run_in_executor(shared_executor, jobs.square, i) for i in range(5))
+        )
 
     assert asyncio.run(asyncio.wait_for(main(), 30)) == [0, 1, 4, 9, 16]
 
@@ -191,7 +195,9 @@ def test_queued_future_can_be_cancelled(make_executor: MakeExecutor, tmp_path: P
     assert str(ex._core.window + 4) not in log.read_text().split()
 
 
-def test_sent_future_reports_running_and_cannot_be_cancelled(make_executor: MakeExecutor, tmp_path: Path) -> None:
+def test_sent_future_reports_running_and_cannot_be_cancelled(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
     ex = make_executor(1)
     fut = ex.submit(jobs.block_until, str(tmp_path / "started"), str(tmp_path / "gate"), 1)
     assert jobs.wait_for_path(tmp_path / "started", 30)
@@ -222,7 +228,9 @@ def test_context_manager_waits_for_jobs(make_executor: MakeExecutor) -> None:
     assert [f.result() for f in futs] == list(range(6))
 
 
-def test_shutdown_without_wait_returns_and_jobs_still_finish(make_executor: MakeExecutor, tmp_path: Path) -> None:
+def test_shutdown_without_wait_returns_and_jobs_still_finish(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
     ex = make_executor(1)
     gate = tmp_path / "gate"
     futs = [ex.submit(jobs.block_until, str(tmp_path / f"s{i}"), str(gate), i) for i in range(3)]
@@ -267,7 +275,9 @@ def test_failing_initializer_breaks_the_executor_like_the_stdlib(make_executor: 
         ex.submit(jobs.square, 3)
 
 
-def test_max_tasks_per_child_replaces_workers(make_executor: MakeExecutor, variant: tuple[str, str | None]) -> None:
+def test_max_tasks_per_child_replaces_workers(
+    make_executor: MakeExecutor, variant: tuple[str, str | None]
+) -> None:
     if variant[1] == "fork":
         pytest.skip("max_tasks_per_child is incompatible with fork, as in the stdlib")
     if variant[0] == "loky":
@@ -293,9 +303,9 @@ def test_manager_proxy_works_inside_jobs(make_executor: MakeExecutor) -> None:
 
 def test_dask_compute_runs_on_the_executor(shared_executor: SubprocExecutor) -> None:
     dask = pytest.importorskip("dask")
-    import dask.delayed
+    delayed = pytest.importorskip("dask.delayed").delayed
 
-    total = dask.delayed(sum)([dask.delayed(jobs.square)(i) for i in range(10)])
+    total = delayed(sum)([delayed(jobs.square)(i) for i in range(10)])
     (result,) = dask.compute(total, scheduler=shared_executor)
     assert result == sum(i * i for i in range(10))
 
@@ -328,7 +338,11 @@ def test_functions_and_classes_from_main_work(variant: tuple[str, str | None], t
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.run(
         [sys.executable, str(script), method or "", backend],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[2, 4, 7]"
