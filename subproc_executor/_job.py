@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import struct
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -59,6 +61,8 @@ _notify: Any = None
 # 20 bytes plus the Connection's 4-byte length prefix, far below PIPE_BUF, so
 # concurrent workers' writes never interleave and need no lock.
 START_RECORD: Final = struct.Struct("<Qid")
+# Set by the sidecar in its environment, which its workers inherit.
+SIDECAR_PID_ENV: Final = "SUBPROC_EXECUTOR_SIDECAR_PID"
 
 
 def _error_bytes(tag: int, pickler_name: str, exc: BaseException, stage: str) -> bytes:
@@ -161,6 +165,7 @@ def worker_init(
     except (ValueError, OSError):  # not the main thread: nothing to do
         pass
     _set_parent_death_signal()
+    _watch_sidecar()
     if initializer is None:
         return
     try:
@@ -169,6 +174,34 @@ def worker_init(
         fn(*args)
     except BaseException as exc:
         _init_failure = _error_bytes(TAG_INIT_FAILED, pickler_name, exc, "running the initializer")
+
+
+def _watch_sidecar() -> None:
+    """Exit when the sidecar dies, where the parent-death signal cannot see it.
+
+    A worker forked by a forkserver is the forkserver's child, not the
+    sidecar's, and the forkserver outlives a killed sidecar for as long as
+    its workers hold its pipes. So such a worker watches the sidecar itself:
+    a daemon thread blocks on a pidfd (Linux 5.3+) and ends the worker when
+    the sidecar is gone. Elsewhere only the sidecar's own cleanup applies.
+    """
+    try:
+        sidecar_pid = int(os.environ.get(SIDECAR_PID_ENV, ""))
+    except ValueError:
+        return  # not run by our sidecar (a backend tested on its own)
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if sidecar_pid == os.getppid() or pidfd_open is None:
+        return  # the parent-death signal covers a direct child
+    try:
+        pidfd = pidfd_open(sidecar_pid)
+    except OSError:
+        os._exit(1)  # already gone
+
+    def watch() -> None:
+        select.select([pidfd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="subproc_executor-sidecar-watch", daemon=True).start()
 
 
 def _set_parent_death_signal() -> None:

@@ -204,7 +204,9 @@ class SidecarProcess:
                             sel.unregister(key.fd)
                     else:  # the process exited: read what it wrote before dying
                         reason = "it exited unexpectedly"
-                        self._drain_frames(decoder)
+                        cause = self._drain_frames(decoder)
+                        if cause is not None:
+                            reason = f"it exited in the middle of a frame: {cause}"
                         running = False
                         break
                 if self._said_bye:
@@ -232,16 +234,25 @@ class SidecarProcess:
                 logger.error("sidecar pid %d: %s", self.pid, self._fatal)
         self._on_frames(frames)
 
-    def _drain_frames(self, decoder: FrameDecoder) -> None:
+    def _drain_frames(self, decoder: FrameDecoder) -> ProtocolError | None:
+        """After the sidecar exited: deliver the frames still in the pipe, then
+        end the stream. Returns the ProtocolError if it ended mid-frame."""
         os.set_blocking(self._read_fd, False)
         try:
             while True:
                 frames = read_frames(self._read_fd, decoder)
                 if frames is None:
-                    return
+                    return None  # EOF: read_frames closed the decoder cleanly
                 self._deliver(frames)
-        except (BlockingIOError, ProtocolError, OSError):
-            return
+        except ProtocolError as exc:
+            return exc
+        except OSError:  # BlockingIOError: a worker still holds the pipe open
+            pass
+        try:
+            decoder.close()
+        except ProtocolError as exc:
+            return exc
+        return None
 
     def _pump_output(self, fd: int) -> bool:
         """Copy the sidecar's stderr to ours, keeping its tail. False at EOF."""

@@ -98,8 +98,6 @@ _WINDOW_TARGET_SECONDS: Final = 0.002
 _MAX_EXTRA_PER_WORKER: Final = 32
 # How often the completion rate is measured.
 _RATE_PERIOD_SECONDS: Final = 0.01
-# Environment variable that marks the sidecar process (see sidecar.py).
-_SIDECAR_PID_ENV: Final = "SUBPROC_EXECUTOR_SIDECAR_PID"
 # Start methods of multiprocessing, and loky's own two.
 _START_METHODS: Final = ("fork", "forkserver", "spawn", "loky", "loky_init_main")
 _VALUE_TAG: Final = bytes([_job.TAG_VALUE])
@@ -286,8 +284,19 @@ class _Core:
         for job, f in done:
             try:
                 self._resolve(job, f)
-            except BaseException:  # a future's callback raised: the stdlib logs and goes on
+            except BaseException as exc:
+                # A bug of ours or a hostile payload; the future must still end.
                 logger.exception("resolving job %d failed", job.job_id)
+                if not job.future.done():
+                    err = BrokenSubprocExecutor(
+                        f"job {job.job_id}: its outcome could not be decoded in the parent: {exc!r}",
+                        job_id=job.job_id,
+                    )
+                    err.__cause__ = exc
+                    try:
+                        job.future.set_exception(err)
+                    except BaseException:
+                        logger.exception("failing job %d failed", job.job_id)
         for f in reports:
             self._report_slow(f)
 
@@ -391,7 +400,7 @@ class _Core:
         if exc_bytes is not None:
             try:
                 loaded = self._pickler.loads(exc_bytes)
-            except Exception as load_exc:
+            except BaseException as load_exc:  # even SystemExit: it must fail only this job
                 reason = f"unpickling it in the parent raised {load_exc!r}"
                 exc = _rebuild_from_args(type_name, args_bytes, self._pickler)
             else:
@@ -601,7 +610,7 @@ def _rebuild_from_args(type_name: str, args_bytes: bytes | None, pickler: Pickle
             return None
         exc = cls.__new__(cls, *args)
         exc.args = args
-    except Exception:
+    except BaseException:
         return None
     return exc
 
@@ -691,7 +700,7 @@ class SubprocExecutor(Executor):
         status_interval: float | None = None,
         on_status: Callable[[SlowJobReport], object] | None = None,
     ) -> None:
-        if os.environ.get(_SIDECAR_PID_ENV) == str(os.getpid()):
+        if os.environ.get(_job.SIDECAR_PID_ENV) == str(os.getpid()):
             raise RuntimeError(
                 "SubprocExecutor cannot be created inside its own sidecar process; create it in the "
                 "parent or inside a job"
@@ -849,7 +858,7 @@ def _sidecar_env() -> dict[str, str]:
     env = dict(os.environ)
     paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    env.pop(_SIDECAR_PID_ENV, None)
+    env.pop(_job.SIDECAR_PID_ENV, None)
     return env
 
 

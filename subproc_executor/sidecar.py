@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Final
 
-from ._job import START_RECORD
+from ._job import SIDECAR_PID_ENV, START_RECORD
 from ._scheduler import MAX_BATCH_JOBS, Batch, Scheduler
 from .backends import Backend, BackendConfig, OnDone, load_backend
 from .protocol import Frame, FrameDecoder, MessageKind, ProtocolError
@@ -49,9 +49,6 @@ from .transport import FrameWriter, PipeClosed, read_frames
 
 logger = logging.getLogger(__name__)
 
-# Environment variable holding the sidecar's pid, so the executor can refuse
-# to be built *in* the sidecar (a worker, whose pid differs, may nest one).
-SIDECAR_PID_ENV: Final = "SUBPROC_EXECUTOR_SIDECAR_PID"
 # How often the main loop checks that its parent still lives when no frame
 # arrives. Shorter reacts faster to a parent killed while some other process
 # holds its pipe open; longer costs fewer wakeups of an idle sidecar.
