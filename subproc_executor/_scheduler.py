@@ -228,16 +228,22 @@ class Scheduler:
         with self._lock:
             self._release_locked(batch)
 
-    def failed(self, batch: Batch, exitcodes: dict[int, int | None], error: str) -> list[Failure]:
+    def failed(
+        self, batch: Batch, exitcodes: dict[int, int | None], error: str, died_pid: int | None = None
+    ) -> list[Failure]:
         """The batch could not finish because its pool broke. Requeue what
-        deserves another run; return the jobs that fail for good."""
+        deserves another run; return the jobs that fail for good.
+
+        ``died_pid`` is the worker the backend itself saw die running this
+        batch, when it knows; otherwise the culprit is inferred from exit codes.
+        """
         with self._lock:
             self._release_locked(batch)
             facts = self._broken.setdefault(batch.generation, dict(exitcodes))
             for pid, code in exitcodes.items():
                 if facts.get(pid) is None:
                     facts[pid] = code
-            who = culprit(facts)
+            who = (died_pid, facts.get(died_pid)) if died_pid is not None else culprit(facts)
             started = [j for j in batch.jobs if j.start is not None]
             running = started[-1] if started else None
             if running is None and (batch.quarantine or not self._seen_records):

@@ -44,6 +44,7 @@ from typing import Final
 from ._job import SIDECAR_PID_ENV, START_RECORD
 from ._scheduler import MAX_BATCH_JOBS, Batch, Scheduler
 from .backends import Backend, BackendConfig, OnDone, load_backend
+from .errors import WorkerDiedError
 from .protocol import Frame, FrameDecoder, MessageKind, ProtocolError
 from .transport import FrameWriter, PipeClosed, read_frames
 
@@ -271,9 +272,12 @@ class Sidecar:
                 if not self._failures:
                     return
                 batch, exc = self._failures.popleft()
-            exitcodes = self._settled_exitcodes()
+            died = exc if isinstance(exc, WorkerDiedError) and exc.pid is not None else None
+            # A backend that names the dead worker has reaped it already; the
+            # others may still be alive and healthy, so there is nothing to wait for.
+            exitcodes = self._backend.worker_exitcodes() if died is not None else self._settled_exitcodes()
             error = f"{type(exc).__name__}: {exc}"
-            for failure in self._jobs.failed(batch, exitcodes, error):
+            for failure in self._jobs.failed(batch, exitcodes, error, died.pid if died is not None else None):
                 self._send_job_error(failure.job_id, failure.info)
             if batch.generation == self._jobs.generation:
                 self._jobs.new_generation()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -22,6 +23,7 @@ VARIANTS: list[tuple[str, str | None]] = [
     ("process", "forkserver"),
     ("process", "spawn"),
     ("loky", None),
+    ("pipes", None),
 ]
 VARIANT_IDS = [f"{b}-{m}" if m else b for b, m in VARIANTS]
 

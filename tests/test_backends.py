@@ -310,8 +310,14 @@ def test_example_backend_refuses_its_unsupported_options_in_the_sidecar(tmp_path
 
 # -- the sidecar-side API, in this process ----------------------------------------------------
 
-IN_PROCESS = [("process", "forkserver"), ("process", "spawn"), ("loky", None), (EXAMPLE, None)]
-IN_PROCESS_IDS = ["process-forkserver", "process-spawn", "loky", "example"]
+IN_PROCESS = [
+    ("process", "forkserver"),
+    ("process", "spawn"),
+    ("loky", None),
+    (EXAMPLE, None),
+    ("pipes", "forkserver"),
+]
+IN_PROCESS_IDS = ["process-forkserver", "process-spawn", "loky", "example", "pipes-forkserver"]
 
 MakeBackend = Callable[..., Backend]
 
@@ -423,8 +429,13 @@ def test_reset_replaces_the_workers(make_backend: MakeBackend) -> None:
     before = backend.worker_pids()
     backend.reset()
     after = backend.worker_pids()
-    assert len(after) == 2 and not set(after) & set(before)
-    assert not _wait_gone(before)
+    if getattr(backend, "name", "") == "pipes":
+        # A pipes worker's death never harms the others: reset() only tops
+        # the pool up to max_workers and keeps the healthy workers.
+        assert after == before
+    else:
+        assert len(after) == 2 and not set(after) & set(before)
+        assert not _wait_gone(before)
     assert _run_one(backend, jobs.square, 4) == 16
 
 

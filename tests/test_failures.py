@@ -40,7 +40,7 @@ import faults
 import jobs
 import psutil
 import pytest
-from executor_fixtures import VARIANT_IDS, VARIANTS, MakeExecutor, wait_gone
+from executor_fixtures import MakeExecutor, wait_gone
 
 from subproc_executor import (
     BrokenSubprocExecutor,

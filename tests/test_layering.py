@@ -33,6 +33,7 @@ PARENT_NEVER_IMPORTS = (
     "loky",
     "subproc_executor.backends.loky",
     "subproc_executor.backends.process",
+    "subproc_executor.backends.pipes",
     "subproc_executor.backends._reap",
     "subproc_executor.sidecar",
     "subproc_executor._scheduler",
@@ -50,7 +51,7 @@ _PARENT_SCRIPT = textwrap.dedent(
     report = {{}}
     import subproc_executor
     report["after import"] = loaded()
-    for backend in ("loky", "process"):
+    for backend in ("loky", "process", "pipes"):
         with subproc_executor.SubprocExecutor(1, backend=backend) as ex:
             assert ex.submit(pow, 3, 2).result(60) == 9
         report[f"after running backend={{backend}}"] = loaded()
@@ -77,6 +78,7 @@ def test_parent_never_imports_a_backend_or_the_sidecar() -> None:
         "after import": [],
         "after running backend=loky": [],
         "after running backend=process": [],
+        "after running backend=pipes": [],
     }, f"the parent imported sidecar-side modules: {report}"
 
 
@@ -164,6 +166,11 @@ LAYERS: dict[str, Layer] = {
     ),
     "backends.process": _layer("backends backends._reap _job", _NO_LOKY, why="STYLE: the stdlib pool"),
     "backends.loky": _layer("backends backends._reap _job", why="STYLE: the only module that imports loky"),
+    "backends.pipes": _layer(
+        "backends backends._reap _job errors",
+        _NO_LOKY,
+        why="a lean pool of our own: two pipes per worker, one reader thread; errors for WorkerDiedError",
+    ),
 }
 
 # What no backend implementation may import, whatever its row says (STYLE).

@@ -28,6 +28,7 @@ __all__ = ["BUILTIN_BACKENDS", "Backend", "BackendConfig", "BackendFactory", "On
 BUILTIN_BACKENDS: Final = {
     "process": "subproc_executor.backends.process:ProcessBackend",
     "loky": "subproc_executor.backends.loky:LokyBackend",
+    "pipes": "subproc_executor.backends.pipes:PipesBackend",
 }
 ENTRY_POINT_GROUP: Final = "subproc_executor.backends"
 
@@ -49,6 +50,10 @@ BACKEND_LIMITS: Final[dict[str, dict[str, object]]] = {
         "use the default start method (None or 'loky'), or backend='process' to fork",
         "max_tasks_hint": "loky cannot replace a worker after N tasks; use backend='process' "
         "with mp_context='spawn' or 'forkserver'",
+    },
+    "pipes": {
+        "start_methods": (None, "fork", "forkserver", "spawn"),
+        "max_tasks_per_child": True,
     },
 }
 
