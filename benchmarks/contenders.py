@@ -86,5 +86,11 @@ CONTENDERS: Final[dict[str, Contender]] = {
             _subproc("loky"),
             lifecycle=True,
         ),
+        Contender(
+            "subproc-pipes",
+            'SubprocExecutor(backend="pipes"): our lean pool inside the sidecar',
+            _subproc("pipes"),
+            lifecycle=True,
+        ),
     )
 }
