@@ -631,12 +631,20 @@ def _import_qualified(name: str) -> object:
 
 
 def _add_note(exc: BaseException, note: str) -> None:
-    add = getattr(exc, "add_note", None)  # 3.11+
-    if add is not None:
-        try:
+    """``exc.add_note(note)``; on 3.10, which lacks it, the same ``__notes__``
+    list by hand (readable by code, though 3.10's tracebacks do not print it)."""
+    try:
+        add = getattr(exc, "add_note", None)  # 3.11+
+        if add is not None:
             add(note)
-        except Exception:
-            pass
+            return
+        notes = getattr(exc, "__notes__", None)
+        if isinstance(notes, list):
+            notes.append(note)
+        else:
+            exc.__notes__ = [note]  # type: ignore[attr-defined]
+    except Exception:
+        pass  # an exception type that refuses attributes keeps its message only
 
 
 _live_cores: weakref.WeakSet[_Core] = weakref.WeakSet()
