@@ -474,15 +474,16 @@ class _Core:
             ):
                 self.state = _State.CLOSED
                 self.finished.set()
+            broken = self.state is _State.BROKEN
         if sidecar is not None:
             self._send(sidecar, jobs, block=False)
         for job in failed:
             err = SidecarDiedError(
                 f"job {job.job_id} was lost: {end.describe()}\n"
                 + (
-                    "The executor starts a new sidecar for later jobs."
-                    if self._restart
-                    else "The executor is broken: create a new one."
+                    "The executor is broken: create a new one."
+                    if broken
+                    else "The executor starts a new sidecar for later jobs."
                 ),
                 job_id=job.job_id,
                 pid=end.pid,

@@ -34,6 +34,7 @@ from subproc_executor.errors import RemoteTraceback
         ({"max_tasks_per_child": "3"}, TypeError),
         ({"max_tasks_per_child": 0}, ValueError),
         ({"max_tasks_per_child": 2, "mp_context": multiprocessing.get_context("fork")}, ValueError),
+        ({"max_tasks_per_child": 2, "backend": "loky"}, ValueError),
         ({"mp_context": "threads"}, ValueError),
         ({"backend": "no-such-backend"}, ValueError),
     ],
@@ -282,6 +283,8 @@ def test_max_tasks_per_child_replaces_workers(
         pytest.skip("max_tasks_per_child is incompatible with fork, as in the stdlib")
     if variant[0] == "loky":
         pytest.skip("loky has no max_tasks_per_child; the constructor refuses it (test_backends)")
+    if variant[0] == "process" and sys.version_info < (3, 11):
+        pytest.skip("the stdlib pool has max_tasks_per_child from 3.11; the constructor refuses it")
     ex = make_executor(2, max_tasks_per_child=1)
     pids = [ex.submit(jobs.getpid).result(timeout=60) for _ in range(3)]
     assert len(set(pids)) == 3

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -39,7 +40,10 @@ ENTRY_POINT_GROUP: Final = "subproc_executor.backends"
 BACKEND_LIMITS: Final[dict[str, dict[str, object]]] = {
     "process": {
         "start_methods": (None, "fork", "forkserver", "spawn"),
-        "max_tasks_per_child": True,
+        # The stdlib pool gained max_tasks_per_child in 3.11; the sidecar runs
+        # the parent's interpreter, so the parent's version decides.
+        "max_tasks_per_child": sys.version_info >= (3, 11),
+        "max_tasks_hint": "the stdlib pool has it from Python 3.11; on 3.10 use backend='pipes'",
     },
     "loky": {
         "start_methods": (None, "loky", "loky_init_main", "forkserver", "spawn"),
