@@ -46,35 +46,30 @@ from __future__ import annotations
 
 import atexit
 import enum
-import importlib
 import itertools
 import json
 import logging
 import multiprocessing
 import os
-import pickle
 import sys
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Executor, Future
+from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
 
-from . import _job
+from . import _job, _outcome
 from ._compat import ParamSpec, default_max_workers
 from ._launcher import SIDECAR_EXIT_GRACE_SECONDS, SidecarExit, SidecarProcess
 from ._pickling import DEFAULT_PICKLER, Pickler, pickler_name, resolve_pickler
 from .errors import (
     BrokenSubprocExecutor,
     InitializerFailedError,
-    RemoteError,
-    RemoteTraceback,
     SidecarDiedError,
-    WorkerDiedError,
 )
 from .protocol import Frame, MessageKind
 from .stats import ExecutorStatistics, SlowJobReport
@@ -237,8 +232,10 @@ class _Core:
         if to_fail is not None:
             with self.lock:
                 self.n_failed += 1
-            _add_note(error, f"job {job_id} could not be pickled in the parent; pass picklable objects")  # type: ignore[arg-type]
-            to_fail[0].set_exception(to_fail[1])
+            fut_, exc_ = to_fail
+            note = f"job {job_id} could not be pickled in the parent; pass picklable objects"
+            _outcome.add_note(exc_, note)
+            fut_.set_exception(exc_)
         elif sidecar is not None:
             self._send(sidecar, jobs, block=True)
         return fut
@@ -355,84 +352,19 @@ class _Core:
         return None
 
     def _resolve(self, job: _Job, frame: Frame) -> None:
+        """Set the future from a RESULT or JOB_ERROR frame (see _outcome)."""
         fut = job.future
         if frame.kind is MessageKind.JOB_ERROR:
-            fut.set_exception(self._job_error(job.job_id, frame.payload))
+            fut.set_exception(_outcome.job_error(job.job_id, frame.payload))
             return
-        payload = frame.payload
-        tag = payload[0] if payload else -1
-        if tag == _job.TAG_VALUE:
-            try:
-                value = self._pickler.loads(memoryview(payload)[1:])  # type: ignore[arg-type]
-            except BaseException as exc:
-                err = pickle.UnpicklingError(
-                    f"job {job.job_id}: its result could not be unpickled in the parent: "
-                    f"{type(exc).__name__}: {exc}"
-                )
-                err.__cause__ = exc
-                fut.set_exception(err)
-                return
-            fut.set_result(value)
-        elif tag in (_job.TAG_ERROR, _job.TAG_INIT_FAILED):
-            job_exc = self._rebuild_exception(payload)
-            if tag == _job.TAG_INIT_FAILED:
-                broken = InitializerFailedError(
-                    f"the initializer raised in a worker ({job_exc!r}); as with ProcessPoolExecutor the "
-                    "executor is now broken: fix the initializer and create a new executor",
-                    job_id=job.job_id,
-                )
-                broken.__cause__ = job_exc
-                fut.set_exception(broken)
-                self.break_executor(broken)
-            else:
-                fut.set_exception(job_exc)
+        outcome = _outcome.decode_result(job.job_id, frame.payload, self._pickler)
+        if isinstance(outcome, _outcome.Value):
+            fut.set_result(outcome.value)
+        elif isinstance(outcome, InitializerFailedError):
+            fut.set_exception(outcome)
+            self.break_executor(outcome)
         else:
-            fut.set_exception(
-                RemoteError("ProtocolError", f"job {job.job_id}: outcome with unknown tag {tag}")
-            )
-
-    def _rebuild_exception(self, payload: bytes) -> BaseException:
-        """The job's exception from an ErrorRecord (see _job): itself, else its
-        type rebuilt from its args, else a RemoteError carrying its text."""
-        exc_bytes, type_name, message, tb, stage, args_bytes = pickle.loads(memoryview(payload)[1:])
-        exc: BaseException | None = None
-        reason = "it could not be pickled in the worker"
-        if exc_bytes is not None:
-            try:
-                loaded = self._pickler.loads(exc_bytes)
-            except BaseException as load_exc:  # even SystemExit: it must fail only this job
-                reason = f"unpickling it in the parent raised {load_exc!r}"
-                exc = _rebuild_from_args(type_name, args_bytes, self._pickler)
-            else:
-                if isinstance(loaded, BaseException):
-                    exc = loaded
-        if exc is None:
-            exc = RemoteError(type_name, message, tb, reason)
-        if stage != "running the job":
-            _add_note(exc, f"raised while {stage}")
-        exc.__cause__ = RemoteTraceback(tb)
-        return exc
-
-    def _job_error(self, job_id: int, payload: bytes) -> BaseException:
-        try:
-            info = json.loads(payload)
-        except ValueError:
-            info = {"message": payload.decode(errors="replace")}
-        kind = info.get("kind")
-        message = str(info.get("message", "unknown failure"))
-        if kind == "cancelled":
-            return CancelledError(message)
-        if kind == "worker_died":
-            pid = info.get("pid")
-            exitcode = info.get("exitcode")
-            return WorkerDiedError(
-                f"{message}. The job may have crashed its worker (a segfault, os._exit, a signal, or "
-                "the OOM killer); the executor replaced the worker and keeps serving",
-                job_id=job_id,
-                pid=pid if isinstance(pid, int) else None,
-                exitcode=exitcode if isinstance(exitcode, int) else None,
-            )
-        return BrokenSubprocExecutor(f"job {job_id} could not run: {message}", job_id=job_id)
+            fut.set_exception(outcome)
 
     def _on_lost(self, end: SidecarExit) -> None:
         """The sidecar is gone. Runs once per sidecar, on its reader thread; never raises."""
@@ -596,56 +528,6 @@ class _Core:
                     )
                     sidecar.kill()
                     stopping_since = now
-
-
-def _rebuild_from_args(type_name: str, args_bytes: bytes | None, pickler: Pickler) -> BaseException | None:
-    """An exception of the original type with the original args, made without
-    calling ``__init__`` (whose signature is what broke unpickling). None if
-    the type cannot be found or the args cannot be loaded."""
-    if args_bytes is None:
-        return None
-    try:
-        cls = _import_qualified(type_name)
-        args = pickler.loads(args_bytes)
-        if not (isinstance(cls, type) and issubclass(cls, BaseException) and isinstance(args, tuple)):
-            return None
-        exc = cls.__new__(cls, *args)
-        exc.args = args
-    except BaseException:
-        return None
-    return exc
-
-
-def _import_qualified(name: str) -> object:
-    """Import "pkg.mod.Outer.Inner": the longest importable module prefix, then attributes."""
-    parts = name.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:i])
-        try:
-            obj: object = sys.modules.get(module_name) or importlib.import_module(module_name)
-        except ImportError:
-            continue
-        for attr in parts[i:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(f"cannot import {name}")
-
-
-def _add_note(exc: BaseException, note: str) -> None:
-    """``exc.add_note(note)``; on 3.10, which lacks it, the same ``__notes__``
-    list by hand (readable by code, though 3.10's tracebacks do not print it)."""
-    try:
-        add = getattr(exc, "add_note", None)  # 3.11+
-        if add is not None:
-            add(note)
-            return
-        notes = getattr(exc, "__notes__", None)
-        if isinstance(notes, list):
-            notes.append(note)
-        else:
-            exc.__notes__ = [note]  # type: ignore[attr-defined]
-    except Exception:
-        pass  # an exception type that refuses attributes keeps its message only
 
 
 _live_cores: weakref.WeakSet[_Core] = weakref.WeakSet()

@@ -133,12 +133,17 @@ LAYERS: dict[str, Layer] = {
         _NO_LOKY,
         why="not in STYLE: starts and watches one sidecar process for the executor",
     ),
+    "_outcome": _layer(
+        "_job _pickling errors",
+        _NO_LOKY,
+        why="not in STYLE: decodes outcome bytes and JOB_ERROR frames into values or exceptions",
+    ),
     "executor": _layer(
         # STYLE lists transport, protocol, errors, _compat; the rest are the
         # leaves and parent-side helpers that did not exist when it was written.
         # "backends" is the name registry (imported lazily for names and
         # option checks), never an implementation.
-        "transport protocol errors _compat _launcher _pickling _job stats backends",
+        "transport protocol errors _compat _launcher _outcome _pickling _job stats backends",
         _NO_LOKY,
         why="STYLE: the public API; names the backend as a string, never imports one",
     ),

@@ -5,7 +5,7 @@
      submit(ids, payloads, on_done)
        idle worker? --send batch--------------------------------job pipe-->  _worker_main:
        none idle?   --> FIFO                                                    recv batch
-                                        wait(result conns, sentinels, wake)     run_batch
+                                        select(result pipes, sentinels, wake)   run_batch
      on_done(outcomes) <--------------- recv outcomes  <------result pipe--     send outcomes
        (writes RESULT frames)           FIFO not empty? send the next batch
                                         sentinel ready / EOF: fail that worker's batch only,
@@ -65,6 +65,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import selectors
 import signal
 import threading
 import time
@@ -74,7 +75,7 @@ from collections.abc import Sequence
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.util import Finalize
 from typing import TYPE_CHECKING, Final
@@ -223,6 +224,8 @@ class PipesBackend:
         #     {4242: _Worker(pid=4242, batch=None, ...), 4243: _Worker(pid=4243, batch=_Batch(...))}
         # Invariant: a worker is in _idle iff it is here, batch is None and not retiring.
         self._workers: dict[int, _Worker] = {}
+        # Bumped whenever _workers changes, so the reader rebuilds its selector.
+        self._workers_version = 0
         # Idle workers, most recently used last (its caches are the warmest).
         self._idle: list[_Worker] = []
         # Batches submitted while every worker was busy, oldest first.
@@ -435,6 +438,7 @@ class PipesBackend:
             with self._lock:
                 self._starting -= 1
                 self._workers[worker.pid] = worker
+                self._workers_version += 1
                 self._exitcodes[worker.pid] = None
                 if self._queue:
                     batch = self._queue.popleft()
@@ -547,6 +551,7 @@ class PipesBackend:
         with self._lock:
             worker.dead = True
             self._workers.pop(worker.pid, None)
+            self._workers_version += 1
             if worker in self._idle:
                 self._idle.remove(worker)
             if batch is not None:
@@ -607,37 +612,52 @@ class PipesBackend:
 
     def _read_loop(self) -> None:
         """The reader thread's body. Never raises: each failure is logged and
-        the loop goes on, since an escape would strand every batch in flight."""
-        while True:
-            with self._lock:
-                if self._reader_stop:
-                    return
-                handles: list[Connection | int] = [self._wake_r]
-                by_handle: dict[object, _Worker] = {}
-                for w in self._workers.values():
-                    handles += (w.result_conn, w.sentinel)
-                    by_handle[w.result_conn] = w
-                    by_handle[w.sentinel] = w
-            try:
-                ready = wait(handles)
-            except Exception:
-                # A handle closed under us (a bug): look at the workers again.
-                logger.exception("backend 'pipes': waiting for the workers failed")
-                continue
-            for handle in ready:
+        the loop goes on, since an escape would strand every batch in flight.
+
+        It keeps one selector (epoll on Linux) for as long as the set of
+        workers stays the same, rather than building one per wait as
+        ``multiprocessing.connection.wait`` does: that is on every result's path.
+        """
+        sel: selectors.BaseSelector | None = None
+        version = -1
+        try:
+            while True:
+                with self._lock:
+                    if self._reader_stop:
+                        return
+                    if sel is None or version != self._workers_version:
+                        if sel is not None:
+                            sel.close()
+                        sel = selectors.DefaultSelector()
+                        sel.register(self._wake_r, selectors.EVENT_READ, None)
+                        for w in self._workers.values():
+                            sel.register(w.result_conn.fileno(), selectors.EVENT_READ, (w, True))
+                            sel.register(w.sentinel, selectors.EVENT_READ, (w, False))
+                        version = self._workers_version
                 try:
-                    if handle == self._wake_r:
-                        _drain(self._wake_r)
-                        continue
-                    worker = by_handle[handle]
-                    if worker.dead:
-                        continue  # its result pipe and sentinel were both ready
-                    if handle is worker.result_conn:
-                        self._on_readable(worker)
-                    else:
-                        self._on_exit(worker)
+                    events = sel.select()
                 except Exception:
-                    logger.exception("backend 'pipes': handling a worker event failed")
+                    # A handle closed under us (a bug): look at the workers again.
+                    logger.exception("backend 'pipes': waiting for the workers failed")
+                    version = -1
+                    continue
+                for key, _ in events:
+                    try:
+                        if key.data is None:
+                            _drain(self._wake_r)
+                            continue
+                        worker, is_result = key.data
+                        if worker.dead:
+                            continue  # its result pipe and sentinel were both ready
+                        if is_result:
+                            self._on_readable(worker)
+                        else:
+                            self._on_exit(worker)
+                    except Exception:
+                        logger.exception("backend 'pipes': handling a worker event failed")
+        finally:
+            if sel is not None:
+                sel.close()
 
     def _on_readable(self, worker: _Worker) -> None:
         """A worker's result pipe is readable: a result, or EOF when it died."""

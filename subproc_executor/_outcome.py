@@ -1,0 +1,162 @@
+"""Turning what comes back for a job into a value or an exception, in the parent.
+
+A RESULT frame carries the outcome bytes a worker made (layout in ``_job``):
+a tagged value, or an ErrorRecord describing the job's exception. A
+JOB_ERROR frame carries the sidecar's JSON account of a failure outside the
+job (a dead worker, a refused batch, a cancellation). Nothing here raises:
+every failure to decode becomes the exception the job's future gets.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pickle
+import sys
+from concurrent.futures import CancelledError
+from dataclasses import dataclass
+
+from . import _job
+from ._pickling import Pickler
+from .errors import (
+    BrokenSubprocExecutor,
+    InitializerFailedError,
+    RemoteError,
+    RemoteTraceback,
+    WorkerDiedError,
+)
+
+__all__ = ["Value", "add_note", "decode_result", "job_error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """A job's return value (a box, since the value may itself be an exception)."""
+
+    value: object
+
+
+def decode_result(job_id: int, payload: bytes, pickler: Pickler) -> Value | BaseException:
+    """A RESULT frame's payload: the job's value, or the exception its future gets.
+
+    An ``InitializerFailedError`` means the worker's initializer had raised;
+    the caller breaks the executor, as the stdlib does.
+    """
+    tag = payload[0] if payload else -1
+    if tag == _job.TAG_VALUE:
+        try:
+            return Value(pickler.loads(memoryview(payload)[1:]))  # type: ignore[arg-type]
+        except BaseException as exc:  # even SystemExit from a __reduce__: it fails this job only
+            err = pickle.UnpicklingError(
+                f"job {job_id}: its result could not be unpickled in the parent: {type(exc).__name__}: {exc}"
+            )
+            err.__cause__ = exc
+            return err
+    if tag == _job.TAG_ERROR:
+        return rebuild_exception(payload, pickler)
+    if tag == _job.TAG_INIT_FAILED:
+        cause = rebuild_exception(payload, pickler)
+        broken = InitializerFailedError(
+            f"the initializer raised in a worker ({cause!r}); as with ProcessPoolExecutor the "
+            "executor is now broken: fix the initializer and create a new executor",
+            job_id=job_id,
+        )
+        broken.__cause__ = cause
+        return broken
+    return RemoteError("ProtocolError", f"job {job_id}: outcome with unknown tag {tag}")
+
+
+def rebuild_exception(payload: bytes, pickler: Pickler) -> BaseException:
+    """The job's exception from an ErrorRecord (see _job): itself, else its
+    type rebuilt from its args, else a RemoteError carrying its text."""
+    exc_bytes, type_name, message, tb, stage, args_bytes = pickle.loads(memoryview(payload)[1:])
+    exc: BaseException | None = None
+    reason = "it could not be pickled in the worker"
+    if exc_bytes is not None:
+        try:
+            loaded = pickler.loads(exc_bytes)
+        except BaseException as load_exc:  # even SystemExit: it must fail only this job
+            reason = f"unpickling it in the parent raised {load_exc!r}"
+            exc = _rebuild_from_args(type_name, args_bytes, pickler)
+        else:
+            if isinstance(loaded, BaseException):
+                exc = loaded
+    if exc is None:
+        exc = RemoteError(type_name, message, tb, reason)
+    if stage != "running the job":
+        add_note(exc, f"raised while {stage}")
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+def job_error(job_id: int, payload: bytes) -> BaseException:
+    """A JOB_ERROR frame's payload: the error for a job that failed outside its own code."""
+    try:
+        info = json.loads(payload)
+    except ValueError:
+        info = {"message": payload.decode(errors="replace")}
+    kind = info.get("kind")
+    message = str(info.get("message", "unknown failure"))
+    if kind == "cancelled":
+        return CancelledError(message)
+    if kind == "worker_died":
+        pid = info.get("pid")
+        exitcode = info.get("exitcode")
+        return WorkerDiedError(
+            f"{message}. The job may have crashed its worker (a segfault, os._exit, a signal, or "
+            "the OOM killer); the executor replaced the worker and keeps serving",
+            job_id=job_id,
+            pid=pid if isinstance(pid, int) else None,
+            exitcode=exitcode if isinstance(exitcode, int) else None,
+        )
+    return BrokenSubprocExecutor(f"job {job_id} could not run: {message}", job_id=job_id)
+
+
+def _rebuild_from_args(type_name: str, args_bytes: bytes | None, pickler: Pickler) -> BaseException | None:
+    """An exception of the original type with the original args, made without
+    calling ``__init__`` (whose signature is what broke unpickling). None if
+    the type cannot be found or the args cannot be loaded."""
+    if args_bytes is None:
+        return None
+    try:
+        cls = _import_qualified(type_name)
+        args = pickler.loads(args_bytes)
+        if not (isinstance(cls, type) and issubclass(cls, BaseException) and isinstance(args, tuple)):
+            return None
+        exc = cls.__new__(cls, *args)
+        exc.args = args
+    except BaseException:
+        return None
+    return exc
+
+
+def _import_qualified(name: str) -> object:
+    """Import "pkg.mod.Outer.Inner": the longest importable module prefix, then attributes."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:i])
+        try:
+            obj: object = sys.modules.get(module_name) or importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(f"cannot import {name}")
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``; on 3.10, which lacks it, the same ``__notes__``
+    list by hand (readable by code, though 3.10's tracebacks do not print it)."""
+    try:
+        add = getattr(exc, "add_note", None)  # 3.11+
+        if add is not None:
+            add(note)
+            return
+        notes = getattr(exc, "__notes__", None)
+        if isinstance(notes, list):
+            notes.append(note)
+        else:
+            exc.__notes__ = [note]  # type: ignore[attr-defined]
+    except Exception:
+        pass  # an exception type that refuses attributes keeps its message only
