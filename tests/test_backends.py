@@ -29,6 +29,7 @@ from pathlib import Path
 import jobs
 import psutil
 import pytest
+from executor_fixtures import wait_gone
 
 from subproc_executor import BrokenSubprocExecutor, SubprocExecutor, WorkerDiedError, _job
 from subproc_executor._pickling import DEFAULT_PICKLER, HybridPickler
@@ -71,18 +72,7 @@ def _children() -> set[int]:
 
 def _wait_gone(pids: set[int] | list[int], timeout: float = WAIT_SECONDS) -> set[int]:
     """Pids from ``pids`` still alive after ``timeout`` (zombies count as gone)."""
-    deadline = time.monotonic() + timeout
-    alive = set(pids)
-    while alive and time.monotonic() < deadline:
-        for pid in list(alive):
-            try:
-                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                    alive.discard(pid)
-            except psutil.NoSuchProcess:
-                alive.discard(pid)
-        if alive:
-            time.sleep(0.02)
-    return alive
+    return wait_gone(set(pids), timeout)
 
 
 def _payload(fn: Callable[..., object], *args: object, **kwargs: object) -> bytes:

@@ -35,6 +35,7 @@ PARENT_NEVER_IMPORTS = (
     "subproc_executor.backends.process",
     "subproc_executor.backends.pipes",
     "subproc_executor.backends._reap",
+    "subproc_executor.backends._executor_pool",
     "subproc_executor.sidecar",
     "subproc_executor._scheduler",
 )
@@ -169,8 +170,17 @@ LAYERS: dict[str, Layer] = {
         never_external=_NO_LOKY,
         why="not in STYLE: worker tracking and bounded termination shared by the backends",
     ),
-    "backends.process": _layer("backends backends._reap _job", _NO_LOKY, why="STYLE: the stdlib pool"),
-    "backends.loky": _layer("backends backends._reap _job", why="STYLE: the only module that imports loky"),
+    "backends._executor_pool": _layer(
+        "backends backends._reap _job",
+        _NO_LOKY,
+        why="not in STYLE: what the process and loky backends share (a concurrent.futures pool)",
+    ),
+    "backends.process": _layer(
+        "backends backends._executor_pool _job", _NO_LOKY, why="STYLE: the stdlib pool"
+    ),
+    "backends.loky": _layer(
+        "backends backends._executor_pool _job", why="STYLE: the only module that imports loky"
+    ),
     "backends.pipes": _layer(
         "backends backends._reap _job errors",
         _NO_LOKY,

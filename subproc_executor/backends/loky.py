@@ -9,24 +9,20 @@ at construction (see ``BACKEND_LIMITS``), so nothing is silently ignored.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
-from concurrent.futures import CancelledError, Future
-from typing import Any
+from concurrent.futures import Executor
+from typing import cast
 
 from loky import ProcessPoolExecutor as LokyPool
 from loky.backend.context import get_context
 
 from .. import _job
-from . import BackendConfig, OnDone
-from ._reap import WorkerTracker, terminate_children
+from . import BackendConfig
+from ._executor_pool import ExecutorPoolBackend
 
 __all__ = ["LokyBackend"]
 
-logger = logging.getLogger(__name__)
 
-
-class LokyBackend:
+class LokyBackend(ExecutorPoolBackend):
     """Backend over loky's ``ProcessPoolExecutor``."""
 
     name = "loky"
@@ -37,64 +33,19 @@ class LokyBackend:
         method = config.start_method or "loky"
         if method == "fork":
             raise ValueError("backend 'loky' does not support the 'fork' start method; use the default")
-        self._config = config
+        super().__init__(config)
         self._context = get_context(method)
-        self._pool: Any = None
-        self._tracker = WorkerTracker()
 
-    def start(self) -> None:
-        if self._pool is not None:
-            return
+    def _make_pool(self) -> Executor:
         cfg = self._config
-        self._pool = LokyPool(
+        pool = LokyPool(
             cfg.max_workers,
             context=self._context,
             initializer=_job.worker_init,
             initargs=(cfg.pickler, (), cfg.initializer, cfg.notify),
         )
-        for _ in range(cfg.max_workers):
-            self._pool.submit(_job.run_batch, cfg.pickler, (), ())
-        self._tracker.live_pids()
+        return cast(Executor, pool)
 
-    def submit(self, job_ids: Sequence[int], payloads: Sequence[bytes], on_done: OnDone) -> None:
-        if self._pool is None:
-            self.start()
-        fut = self._pool.submit(_job.run_batch, self._config.pickler, list(job_ids), list(payloads))
-
-        def done(f: Future[list[bytes]]) -> None:
-            if f.cancelled():
-                on_done(CancelledError("the pool was reset before this batch started"))
-                return
-            exc = f.exception()
-            on_done(exc if exc is not None else f.result())
-
-        fut.add_done_callback(done)
-
-    def worker_pids(self) -> list[int]:
-        return self._tracker.live_pids() if self._pool is not None else []
-
-    def worker_exitcodes(self) -> dict[int, int | None]:
-        return self._tracker.exitcodes()
-
-    def quiesce(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
-
-    def reset(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, kill_workers=True)
-            terminate_children()
-            pool.shutdown(wait=True)
-        self._tracker.forget_dead()
-        self.start()
-
-    def shutdown(self, *, kill: bool) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        if kill:
-            pool.shutdown(wait=False, kill_workers=True)
-            terminate_children()
-        pool.shutdown(wait=True)
+    def _abandon(self, pool: Executor) -> None:
+        # loky's shutdown kills its workers itself with kill_workers=True.
+        pool.shutdown(wait=False, kill_workers=True)  # type: ignore[call-arg]

@@ -1,0 +1,95 @@
+"""What the process and loky backends share: a ``concurrent.futures`` pool
+inside the sidecar, driven through its public API.
+
+A subclass says how to build its pool (``_make_pool``) and how to abandon
+it at once (``_abandon``); this class does the rest: warm start, batches as
+pool calls, worker pids and exit codes, quiesce, reset and shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import CancelledError, Executor, Future
+
+from .. import _job
+from . import BackendConfig, OnDone
+from ._reap import WorkerTracker, terminate_children
+
+__all__ = ["ExecutorPoolBackend"]
+
+
+class ExecutorPoolBackend:
+    """Base of the backends that wrap a ``concurrent.futures`` process pool."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        self._config = config
+        self._pool: Executor | None = None
+        self._tracker = WorkerTracker()
+
+    def _make_pool(self) -> Executor:
+        """A new pool whose workers run ``_job.worker_init`` first."""
+        raise NotImplementedError
+
+    def _abandon(self, pool: Executor) -> None:
+        """Stop ``pool`` taking work and drop what it has not started, without waiting."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self._pool is not None:
+            return
+        self._pool = self._make_pool()
+        if self._config.max_tasks_per_child is None:
+            # Warm start: one empty batch per worker makes the pool start them
+            # all now (fork on 3.11+ starts every worker at the first submit;
+            # otherwise each submit that finds no idle worker starts one).
+            # Not with max_tasks_per_child: the pool would count the warm-up
+            # as each worker's first task.
+            for _ in range(self._config.max_workers):
+                self._pool.submit(_job.run_batch, self._config.pickler, (), ())
+        self._tracker.live_pids()
+
+    def submit(self, job_ids: Sequence[int], payloads: Sequence[bytes], on_done: OnDone) -> None:
+        if self._pool is None:
+            self.start()
+        assert self._pool is not None
+        fut = self._pool.submit(_job.run_batch, self._config.pickler, list(job_ids), list(payloads))
+
+        def done(f: Future[list[bytes]]) -> None:
+            if f.cancelled():  # a reset cancelled it before it started
+                on_done(CancelledError("the pool was reset before this batch started"))
+                return
+            exc = f.exception()
+            on_done(exc if exc is not None else f.result())
+
+        fut.add_done_callback(done)
+
+    def worker_pids(self) -> list[int]:
+        return self._tracker.live_pids() if self._pool is not None else []
+
+    def worker_exitcodes(self) -> dict[int, int | None]:
+        return self._tracker.exitcodes()
+
+    def quiesce(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def reset(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            self._abandon(pool)
+            terminate_children()
+            # Join the old pool's threads: the new pool may fork, which must
+            # happen with no other thread alive.
+            pool.shutdown(wait=True)
+        self._tracker.forget_dead()
+        self.start()
+
+    def shutdown(self, *, kill: bool) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if kill:
+            self._abandon(pool)
+            terminate_children()
+        pool.shutdown(wait=True)
