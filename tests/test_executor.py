@@ -250,8 +250,19 @@ def test_cancel_futures_cancels_the_queued_and_finishes_the_running(
     running = ex.submit(jobs.block_until, str(tmp_path / "started"), str(gate), "ran")
     assert jobs.wait_for_path(tmp_path / "started", 30)
     queued = [ex.submit(jobs.square, i) for i in range(ex._core.window + 10)]
-    threading.Timer(0.2, gate.touch).start()
+
+    def open_gate_once_closing() -> None:
+        # Release the running job only after shutdown() has cancelled the
+        # queue, whatever the machine's speed.
+        deadline = time.monotonic() + 30
+        while ex.statistics().state == "running" and time.monotonic() < deadline:
+            time.sleep(0.005)
+        gate.touch()
+
+    opener = threading.Thread(target=open_gate_once_closing)
+    opener.start()
     ex.shutdown(wait=True, cancel_futures=True)
+    opener.join(30)
     assert running.result(timeout=0) == "ran"
     assert queued[-1].cancelled()
     assert all(f.done() for f in queued)
