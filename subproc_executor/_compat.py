@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
-from typing import Final, ParamSpec
+from typing import ParamSpec
 
-__all__ = ["PY_3_12_PLUS", "ParamSpec", "default_max_workers"]
-
-PY_3_12_PLUS: Final = sys.version_info >= (3, 12)
+__all__ = ["ParamSpec", "default_max_workers"]
 
 
 def default_max_workers() -> int:

@@ -49,8 +49,6 @@ ErrorRecord = tuple["bytes | None", str, str, str, str, "bytes | None"]
 # job on this worker then answers with it instead of running (the stdlib
 # instead kills the worker, which we cannot pin on a job).
 _init_failure: bytes | None = None
-# Job id being run by this worker, read by nothing but debuggers and tests.
-current_job_id: int | None = None
 # Write end of the sidecar's start-record pipe (a multiprocessing
 # Connection), set by worker_init. Each job announces itself on it before it
 # runs: that is how the sidecar knows which job a dead worker was running,
@@ -119,18 +117,15 @@ def run_one(pickler_name: str, payload: bytes) -> bytes:
 
 def run_batch(pickler_name: str, job_ids: Sequence[int], payloads: Sequence[bytes]) -> list[bytes]:
     """Run jobs one after another in this worker; one outcome each. Never raises."""
-    global current_job_id
     out = []
     pid = os.getpid()
     for job_id, payload in zip(job_ids, payloads, strict=True):
-        current_job_id = job_id
         if _notify is not None:
             try:
                 _notify.send_bytes(START_RECORD.pack(job_id, pid, time.monotonic()))
             except (OSError, ValueError):
                 pass  # the sidecar is going away; the job still runs
         out.append(run_one(pickler_name, payload))
-    current_job_id = None
     return out
 
 

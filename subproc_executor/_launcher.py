@@ -366,9 +366,5 @@ class SidecarProcess:
         """Wait until the reader thread has reported the end."""
         return self._ended.wait(timeout)
 
-    @property
-    def ended(self) -> bool:
-        return self._ended.is_set()
-
     def is_reader_thread(self) -> bool:
         return threading.current_thread() is self._thread

@@ -133,11 +133,6 @@ class Scheduler:
         with self._lock:
             return not self._waiting and not self._batches
 
-    @property
-    def batches_in_backend(self) -> int:
-        with self._lock:
-            return self._batches
-
     def has_waiting(self) -> bool:
         with self._lock:
             return bool(self._waiting)

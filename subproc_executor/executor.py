@@ -163,7 +163,6 @@ class _Core:
         self.finished = threading.Event()
         self.broken_reason: BaseException | None = None
         self.sidecar_starts = 0
-        self.last_exit: SidecarExit | None = None
         self._ids = itertools.count(1)
         # Counters for statistics(); written under the lock.
         self.submitted = 0
@@ -337,19 +336,14 @@ class _Core:
             self._rate_since = now
 
     def _maybe_stop_locked(self) -> SidecarProcess | None:
-        """When closing and no job is left, the sidecar to tell SHUTDOWN (once)."""
-        if (
-            self.state is _State.CLOSING
-            and not self.queued
-            and not self.inflight
-            and self.sidecar is not None
-        ):
-            self.state = _State.CLOSED
-            return self.sidecar
-        if self.state is _State.CLOSING and not self.queued and not self.inflight and self.sidecar is None:
-            self.state = _State.CLOSED
+        """CLOSING with no job left becomes CLOSED; returns the sidecar to tell
+        SHUTDOWN (once), or marks the executor finished if there is none."""
+        if self.state is not _State.CLOSING or self.queued or self.inflight:
+            return None
+        self.state = _State.CLOSED
+        if self.sidecar is None:
             self.finished.set()
-        return None
+        return self.sidecar
 
     def _resolve(self, job: _Job, frame: Frame) -> None:
         """Set the future from a RESULT or JOB_ERROR frame (see _outcome)."""
@@ -373,7 +367,6 @@ class _Core:
             if self.sidecar is None or self.sidecar.pid != end.pid:
                 return
             self.sidecar = None
-            self.last_exit = end
             self.worker_pids = ()
             failed = list(self.inflight.values())
             self.inflight.clear()
@@ -398,14 +391,7 @@ class _Core:
             jobs = self._take_sendable_locked() if sidecar is not None else []
             if self.sidecar is None and self.state in (_State.CLOSED, _State.BROKEN):
                 self.finished.set()
-            if (
-                self.state is _State.CLOSING
-                and not self.queued
-                and not self.inflight
-                and self.sidecar is None
-            ):
-                self.state = _State.CLOSED
-                self.finished.set()
+            self._maybe_stop_locked()  # sidecar is None here unless restarted for queued jobs
             broken = self.state is _State.BROKEN
         if sidecar is not None:
             self._send(sidecar, jobs, block=False)
@@ -623,8 +609,6 @@ class SubprocExecutor(Executor):
         the_pickler = resolve_pickler(pickler_qualname)
 
         self._max_workers = max_workers  # read by Dask, as on ProcessPoolExecutor
-        self._mp_context = mp_context
-        self._backend = backend
         init_blob = b""
         if initializer is not None:
             try:

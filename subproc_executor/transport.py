@@ -65,9 +65,6 @@ class FrameWriter:
         """Send one frame. Raises PipeClosed once the peer is gone."""
         self.send_many(((kind, job_id, payload),), block=block)
 
-    def send_frames(self, frames: Iterable[Frame], *, block: bool = True) -> None:
-        self.send_many(((f.kind, f.job_id, f.payload) for f in frames), block=block)
-
     def send_many(self, items: Iterable[tuple[MessageKind, int, bytes]], *, block: bool = True) -> None:
         """Queue frames atomically (in order, not interleaved with other
         senders) and write them, or leave them to the writer of the moment."""

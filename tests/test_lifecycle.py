@@ -25,7 +25,7 @@ import psutil
 import pytest
 from executor_fixtures import MakeExecutor, pid_alive, wait_gone
 
-from subproc_executor import ExecutorStatistics, SlowJobReport, SubprocExecutor
+from subproc_executor import ExecutorStatistics, SlowJobReport, SubprocExecutor, WorkerDiedError
 
 T = TypeVar("T")
 
@@ -418,6 +418,16 @@ def _assert_warnings_reach_the_log(ex: SubprocExecutor, log: Path) -> None:
     wait_for(lambda: marker in log.read_text(errors="replace"), "the control warning in the log")
 
 
+def _assert_forked_single_threaded(ex: SubprocExecutor, log: Path, pids: tuple[int, ...]) -> None:
+    """The pool serves from ``pids``, warnings do reach the log, and none of
+    them is CPython's warning about forking a multi-threaded process."""
+    assert ex.submit(jobs.getpid).result(timeout=60) in pids
+    _assert_warnings_reach_the_log(ex, log)
+    ex.shutdown(wait=True)
+    text = log.read_text(errors="replace")
+    assert FORK_WARNING not in text, text
+
+
 @needs_fork_warning
 @ONLY_PROCESS_FORK
 def test_sidecar_forks_its_first_workers_single_threaded(
@@ -425,12 +435,7 @@ def test_sidecar_forks_its_first_workers_single_threaded(
 ) -> None:
     log = tmp_path / "sidecar.log"
     ex = _fork_executor_with_warnings(make_executor, monkeypatch, log)
-    pids = wait_warm(ex, 2)
-    assert ex.submit(jobs.getpid).result(timeout=60) in pids
-    _assert_warnings_reach_the_log(ex, log)
-    ex.shutdown(wait=True)
-    text = log.read_text(errors="replace")
-    assert FORK_WARNING not in text, text
+    _assert_forked_single_threaded(ex, log, wait_warm(ex, 2))
 
 
 # Found while writing the test above: the sidecar used to fork the woken
@@ -446,9 +451,20 @@ def test_sidecar_forks_woken_workers_single_threaded(
     ex.quiesce()
     wait_quiesced(ex)
     ex.wakeup()
-    pids = wait_warm(ex, 2)
-    assert ex.submit(jobs.getpid).result(timeout=60) in pids
-    _assert_warnings_reach_the_log(ex, log)
-    ex.shutdown(wait=True)
-    text = log.read_text(errors="replace")
-    assert FORK_WARNING not in text, text
+    _assert_forked_single_threaded(ex, log, wait_warm(ex, 2))
+
+
+# The other way a new pool is forked: a reset after a worker crash, while
+# the old pool's threads and the writer's helper thread may be alive.
+@needs_fork_warning
+@ONLY_PROCESS_FORK
+def test_sidecar_forks_the_pool_that_replaces_a_broken_one_single_threaded(
+    make_executor: MakeExecutor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    log = tmp_path / "sidecar.log"
+    ex = _fork_executor_with_warnings(make_executor, monkeypatch, log)
+    old = set(wait_warm(ex, 2))
+    with pytest.raises(WorkerDiedError):
+        ex.submit(jobs.kill_self).result(timeout=60)
+    wait_for(lambda: not set(ex.statistics().worker_pids) & old, "the replacement pool")
+    _assert_forked_single_threaded(ex, log, wait_warm(ex, 2))
