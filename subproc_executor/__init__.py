@@ -20,7 +20,7 @@ if TYPE_CHECKING:
         SidecarDiedError,
         WorkerDiedError,
     )
-    from .executor import SubprocExecutor
+    from .parent.executor import SubprocExecutor
     from .stats import ExecutorStatistics, SlowJobReport
 
 __all__ = [
@@ -46,7 +46,7 @@ _EXPORTS = {
     "RemoteError": "errors",
     "SidecarDiedError": "errors",
     "WorkerDiedError": "errors",
-    "SubprocExecutor": "executor",
+    "SubprocExecutor": "parent.executor",
     "ExecutorStatistics": "stats",
     "SlowJobReport": "stats",
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 import signal
 from concurrent.futures.process import BrokenProcessPool
 
-from .protocol import ProtocolError
+from .wire.protocol import ProtocolError
 
 __all__ = [
     "BrokenSubprocExecutor",

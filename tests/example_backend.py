@@ -27,8 +27,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Final
 
-from subproc_executor import _job
-from subproc_executor.backends import BackendConfig, OnDone
+from subproc_executor.sidecar.backends import BackendConfig, OnDone
+from subproc_executor.worker import job
 
 __all__ = ["PipeBackend"]
 
@@ -40,7 +40,7 @@ _GRACE_SECONDS: Final = 2.0
 def _serve(conn: Connection, pickler: str, initializer: bytes | None, notify: object) -> None:
     """A worker's main: run batches until told to stop (None) or the pipe closes."""
     # close_fds=(): only a forked worker inherits the sidecar's pipes, and we never fork.
-    _job.worker_init(pickler, (), initializer, notify)
+    job.worker_init(pickler, (), initializer, notify)
     while True:
         try:
             batch = conn.recv()
@@ -49,7 +49,7 @@ def _serve(conn: Connection, pickler: str, initializer: bytes | None, notify: ob
         if batch is None:
             return
         job_ids, payloads = batch
-        conn.send(_job.run_batch(pickler, job_ids, payloads))
+        conn.send(job.run_batch(pickler, job_ids, payloads))
 
 
 @dataclass(eq=False)

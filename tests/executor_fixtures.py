@@ -1,8 +1,11 @@
-"""Fixtures that build executors for every backend and start method.
+"""Fixtures that build executors for every backend and start method, and the
+waits every test module shares.
 
 One body of tests runs against each entry of ``VARIANTS`` (loky's layout,
 done with fixtures instead of mixins). Every executor a test makes is shut
 down after it, and the test fails if any process it started is left behind.
+The bounds below are for things that must happen "soon": reaching one means
+a hang, not slowness. No test asserts on elapsed time.
 """
 
 from __future__ import annotations
@@ -17,6 +20,18 @@ import pytest
 
 from subproc_executor import SubprocExecutor
 
+# A healthy job's answer, including a new sidecar's start, or anything else
+# that should happen "soon" (a pool starting, a quiesce finishing, a report).
+ANSWER_WITHIN = 30.0
+# Futures of a broken process must fail within this; a healthy job answers
+# far sooner. Generous, for loaded CI machines, but bounded.
+FAIL_WITHIN = 10.0
+# Processes that must die with their parent must be gone within this. The
+# sidecar escalates SIGTERM -> SIGKILL after a 2 s grace; the rest is margin.
+GONE_WITHIN = 5.0
+# How often a wait looks again at state it cannot be woken by.
+POLL_SECONDS = 0.01
+
 # (backend, start method) pairs; None lets the backend choose.
 VARIANTS: list[tuple[str, str | None]] = [
     ("process", "fork"),
@@ -27,6 +42,16 @@ VARIANTS: list[tuple[str, str | None]] = [
 ]
 VARIANT_IDS = [f"{b}-{m}" if m else b for b, m in VARIANTS]
 
+# For tests of the sidecar's loop or the parent's bookkeeping, where the
+# backend plays a small part (or that are too heavy to run on all five): the
+# stdlib fork pool and loky, whose pool is built differently.
+TWO_VARIANTS = pytest.mark.parametrize(
+    "variant", [("process", "fork"), ("loky", None)], ids=["process-fork", "loky"], indirect=True
+)
+ONLY_PROCESS_FORK = pytest.mark.parametrize(
+    "variant", [("process", "fork")], ids=["process-fork"], indirect=True
+)
+
 MakeExecutor = Callable[..., SubprocExecutor]
 
 
@@ -34,7 +59,7 @@ def _children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
-def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
+def wait_gone(pids: set[int], timeout: float = 2 * GONE_WITHIN) -> set[int]:
     """Pids from ``pids`` still alive after ``timeout`` (zombies count as gone)."""
     deadline = time.monotonic() + timeout
     alive = set(pids)
@@ -46,7 +71,7 @@ def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
             except psutil.NoSuchProcess:
                 alive.discard(pid)
         if alive:
-            time.sleep(0.02)
+            time.sleep(POLL_SECONDS)
     return alive
 
 

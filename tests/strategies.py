@@ -1,4 +1,4 @@
-"""Hypothesis strategies for the frame codec (subproc_executor.protocol).
+"""Hypothesis strategies for the frame codec (subproc_executor.wire.protocol).
 
 Valid frames, whole streams of them, ways to cut a stream into chunks, and
 headers that are wrong in exactly one field.
@@ -10,7 +10,7 @@ import itertools
 
 from hypothesis import strategies as st
 
-from subproc_executor.protocol import (
+from subproc_executor.wire.protocol import (
     HEADER,
     MAGIC,
     PROTOCOL_VERSION,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -29,26 +28,23 @@ from pathlib import Path
 import jobs
 import psutil
 import pytest
-from executor_fixtures import wait_gone
+from executor_fixtures import ANSWER_WITHIN, wait_gone
 
-from subproc_executor import BrokenSubprocExecutor, SubprocExecutor, WorkerDiedError, _job
-from subproc_executor._pickling import DEFAULT_PICKLER, HybridPickler
-from subproc_executor.backends import (
-    BACKEND_LIMITS,
+from subproc_executor import BrokenSubprocExecutor, SubprocExecutor, WorkerDiedError
+from subproc_executor.errors import RemoteTraceback
+from subproc_executor.parent.settings import (
     BUILTIN_BACKENDS,
     ENTRY_POINT_GROUP,
-    Backend,
-    BackendConfig,
-    check_options,
+    check_backend,
     known_backends,
-    load_backend,
-    resolve_backend_name,
+    resolve_backend,
 )
-from subproc_executor.errors import RemoteTraceback
+from subproc_executor.sidecar.backends import Backend, BackendConfig
+from subproc_executor.sidecar.backends import load_backend as load_target
+from subproc_executor.wire.messages import OutcomeTag, decode_error_outcome
+from subproc_executor.worker.pickling import DEFAULT_PICKLER, HybridPickler
 
 EXAMPLE = "example_backend:PipeBackend"
-# Every blocking wait in this module is bounded by this.
-WAIT_SECONDS = 15.0
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -70,9 +66,18 @@ def _children() -> set[int]:
     return pids
 
 
-def _wait_gone(pids: set[int] | list[int], timeout: float = WAIT_SECONDS) -> set[int]:
+def _wait_gone(pids: set[int] | list[int], timeout: float = ANSWER_WITHIN) -> set[int]:
     """Pids from ``pids`` still alive after ``timeout`` (zombies count as gone)."""
     return wait_gone(set(pids), timeout)
+
+
+def resolve_backend_name(name: str) -> str:
+    return resolve_backend(name)[0]
+
+
+def load_backend(name: str, config: BackendConfig) -> Backend:
+    """As the sidecar does, with the name resolved as the parent does."""
+    return load_target(resolve_backend_name(name), config)
 
 
 def _payload(fn: Callable[..., object], *args: object, **kwargs: object) -> bytes:
@@ -83,10 +88,9 @@ def _payload(fn: Callable[..., object], *args: object, **kwargs: object) -> byte
 def _decode(outcome: bytes) -> tuple[int, object]:
     """(tag, value) for a value outcome, (tag, exception type name) otherwise."""
     tag = outcome[0]
-    if tag == _job.TAG_VALUE:
+    if tag == OutcomeTag.VALUE:
         return tag, HybridPickler.loads(outcome[1:])
-    record = pickle.loads(outcome[1:])
-    return tag, record[1]
+    return tag, decode_error_outcome(outcome).type_name
 
 
 class OnDoneRecorder:
@@ -101,7 +105,7 @@ class OnDoneRecorder:
             self.calls.append(outcome)
             self._cond.notify_all()
 
-    def wait(self, n: int = 1, timeout: float = WAIT_SECONDS) -> bool:
+    def wait(self, n: int = 1, timeout: float = ANSWER_WITHIN) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: len(self.calls) >= n, timeout)
 
@@ -114,7 +118,7 @@ def _run_one(backend: Backend, fn: Callable[..., object], *args: object) -> obje
     (outcome,) = rec.calls
     assert isinstance(outcome, list), outcome
     tag, value = _decode(outcome[0])
-    assert tag == _job.TAG_VALUE, value
+    assert tag == OutcomeTag.VALUE, value
     return value
 
 
@@ -134,8 +138,8 @@ def _config(start_method: str | None, **overrides: object) -> BackendConfig:
 
 
 def test_builtin_names_resolve_to_strings_without_importing() -> None:
-    for name, target in BUILTIN_BACKENDS.items():
-        assert resolve_backend_name(name) == target
+    for name, spec in BUILTIN_BACKENDS.items():
+        assert resolve_backend_name(name) == spec.target
         assert name in known_backends()
     assert resolve_backend_name("some.module:Factory") == "some.module:Factory"
     assert "some.module" not in sys.modules
@@ -170,7 +174,7 @@ def test_entry_point_backend_is_found_and_runs(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(ValueError, match="example-pipes"):
         resolve_backend_name("no-such-pool")  # the error lists entry points too
     with SubprocExecutor(1, backend="example-pipes") as ex:
-        assert ex.submit(jobs.add, 20, b=22).result(WAIT_SECONDS) == 42
+        assert ex.submit(jobs.add, 20, b=22).result(ANSWER_WITHIN) == 42
 
 
 def test_bad_module_attr_fails_the_job_not_the_constructor(tmp_path: Path) -> None:
@@ -179,7 +183,7 @@ def test_bad_module_attr_fails_the_job_not_the_constructor(tmp_path: Path) -> No
     try:
         fut = ex.submit(jobs.square, 3)
         with pytest.raises(BrokenSubprocExecutor, match="no_such_module"):
-            fut.result(WAIT_SECONDS)
+            fut.result(ANSWER_WITHIN)
     finally:
         ex.shutdown(wait=True)
 
@@ -200,19 +204,20 @@ def test_load_backend_refuses_what_is_not_a_factory() -> None:
 def test_loky_refuses_max_tasks_per_child_naming_the_alternative(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="max_tasks_per_child") as info:
         SubprocExecutor(backend="loky", **kwargs)  # type: ignore[arg-type]
-    assert "backend='process'" in str(info.value)
+    assert "backend='pipes'" in str(info.value)
 
 
 @pytest.mark.parametrize("fork", ["fork", "fork-context"])
-def test_loky_refuses_fork_naming_the_alternatives(fork: str) -> None:
+def test_loky_takes_fork_as_its_own_fork_exec_method(fork: str) -> None:
+    """In a sidecar no start method inherits the user's state, and loky's bare
+    fork is unsafe beside its threads: "fork" selects loky's fork+exec."""
     import multiprocessing
 
+    pytest.importorskip("loky")
     mp_context: object = multiprocessing.get_context("fork") if fork == "fork-context" else "fork"
-    with pytest.raises(ValueError, match="start method 'fork'") as info:
-        SubprocExecutor(backend="loky", mp_context=mp_context)
-    message = str(info.value)
-    assert "default start method" in message
-    assert "backend='process'" in message
+    assert check_backend("loky", "fork", None) == "loky"
+    with SubprocExecutor(1, backend="loky", mp_context=mp_context) as ex:
+        assert ex.submit(jobs.square, 4).result(ANSWER_WITHIN) == 16
 
 
 @pytest.mark.parametrize("method", ["loky", "loky_init_main"])
@@ -223,13 +228,12 @@ def test_process_backend_refuses_lokys_start_methods(method: str) -> None:
 
 
 def test_each_backend_accepts_its_documented_start_methods() -> None:
-    for name, limits in BACKEND_LIMITS.items():
-        methods = limits["start_methods"]
-        assert isinstance(methods, tuple)
-        for method in methods:
-            check_options(name, method, None)  # does not raise
+    for name, spec in BUILTIN_BACKENDS.items():
+        for method in spec.start_methods:
+            assert check_backend(name, method, None) == method
+        assert check_backend(name, None, None) == spec.start_methods[0]
     # Third-party backends check their own options in the sidecar.
-    check_options(EXAMPLE, "fork", 3)
+    assert check_backend(EXAMPLE, "fork", 3) == "fork"
 
 
 def test_loky_not_installed_fails_with_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -238,7 +242,7 @@ def test_loky_not_installed_fails_with_the_install_command(monkeypatch: pytest.M
     def find_spec(name: str, package: str | None = None) -> object:
         return None if name == "loky" else real_find_spec(name, package)
 
-    monkeypatch.setattr("subproc_executor.backends.importlib.util.find_spec", find_spec)
+    monkeypatch.setattr("subproc_executor.parent.settings.importlib.util.find_spec", find_spec)
     before = _children()
     with pytest.raises(ImportError, match="pip install") as info:
         SubprocExecutor(backend="loky")
@@ -251,16 +255,16 @@ def test_loky_not_installed_fails_with_the_install_command(monkeypatch: pytest.M
 
 def test_example_backend_runs_submit_map_exceptions_and_initializer() -> None:
     with SubprocExecutor(2, backend=EXAMPLE, initializer=jobs.set_global, initargs=("ready",)) as ex:
-        assert ex.submit(jobs.add, 2, b=5).result(WAIT_SECONDS) == 7
-        assert list(ex.map(jobs.square, range(10), chunksize=3, timeout=WAIT_SECONDS)) == [
+        assert ex.submit(jobs.add, 2, b=5).result(ANSWER_WITHIN) == 7
+        assert list(ex.map(jobs.square, range(10), chunksize=3, timeout=ANSWER_WITHIN)) == [
             x * x for x in range(10)
         ]
         fut = ex.submit(jobs.raise_value_error, "boom")
         with pytest.raises(ValueError, match="boom") as info:
-            fut.result(WAIT_SECONDS)
+            fut.result(ANSWER_WITHIN)
         assert isinstance(info.value.__cause__, RemoteTraceback)
-        assert ex.submit(jobs.get_global).result(WAIT_SECONDS) == "ready"
-        pids = set(ex.map(jobs.getpid, range(8), timeout=WAIT_SECONDS))
+        assert ex.submit(jobs.get_global).result(ANSWER_WITHIN) == "ready"
+        pids = set(ex.map(jobs.getpid, range(8), timeout=ANSWER_WITHIN))
         assert 1 <= len(pids) <= 2
 
 
@@ -268,20 +272,20 @@ def test_example_backend_honours_the_pickler() -> None:
     import cloudpickle
 
     with SubprocExecutor(1, backend=EXAMPLE, pickler=cloudpickle) as ex:
-        assert ex.submit(lambda x: x + 1, 41).result(WAIT_SECONDS) == 42
+        assert ex.submit(lambda x: x + 1, 41).result(ANSWER_WITHIN) == 42
 
 
 def test_example_backend_worker_crash_fails_one_job_and_keeps_serving() -> None:
     with SubprocExecutor(2, backend=EXAMPLE) as ex:
         fut = ex.submit(jobs.kill_self)
         with pytest.raises(WorkerDiedError) as info:
-            fut.result(WAIT_SECONDS)
+            fut.result(ANSWER_WITHIN)
         assert info.value.exitcode == -9
-        assert ex.submit(jobs.square, 7).result(WAIT_SECONDS) == 49
+        assert ex.submit(jobs.square, 7).result(ANSWER_WITHIN) == 49
 
 
 def test_example_backend_refuses_its_unsupported_options_in_the_sidecar(tmp_path: Path) -> None:
-    # A third-party backend is not in BACKEND_LIMITS: the constructor accepts
+    # A third-party backend is not in BUILTIN_BACKENDS: the constructor accepts
     # the option, and the backend's own refusal fails the first job.
     ex = SubprocExecutor(
         1,
@@ -293,7 +297,7 @@ def test_example_backend_refuses_its_unsupported_options_in_the_sidecar(tmp_path
     )
     try:
         with pytest.raises(BrokenSubprocExecutor, match="max_tasks_per_child"):
-            ex.submit(jobs.square, 3).result(WAIT_SECONDS)
+            ex.submit(jobs.square, 3).result(ANSWER_WITHIN)
     finally:
         ex.shutdown(wait=True)
 
@@ -377,9 +381,9 @@ def test_submit_calls_on_done_once_with_one_outcome_per_job(make_backend: MakeBa
         assert isinstance(outcomes, list) and len(outcomes) == len(job_ids)
         decoded.append([_decode(o) for o in outcomes])
     assert decoded == [
-        [(_job.TAG_VALUE, 3), (_job.TAG_ERROR, "builtins.ValueError"), (_job.TAG_VALUE, 16)],
-        [(_job.TAG_VALUE, "x")],
-        [(_job.TAG_VALUE, 25), (_job.TAG_VALUE, 36)],
+        [(OutcomeTag.VALUE, 3), (OutcomeTag.ERROR, "builtins.ValueError"), (OutcomeTag.VALUE, 16)],
+        [(OutcomeTag.VALUE, "x")],
+        [(OutcomeTag.VALUE, 25), (OutcomeTag.VALUE, 36)],
     ]
 
 
@@ -404,7 +408,7 @@ def test_quiesce_waits_for_submitted_batches_then_releases_the_workers(make_back
     backend.quiesce()
     assert rec.wait()
     (outcomes,) = rec.calls
-    assert isinstance(outcomes, list) and _decode(outcomes[0]) == (_job.TAG_VALUE, "late")
+    assert isinstance(outcomes, list) and _decode(outcomes[0]) == (OutcomeTag.VALUE, "late")
     assert backend.worker_pids() == []
     assert not _wait_gone(before)
     backend.start()
@@ -438,7 +442,7 @@ def test_dead_worker_fails_its_batch_through_on_done(make_backend: MakeBackend) 
     (outcome,) = rec.calls
     assert isinstance(outcome, BaseException), outcome
     # The sidecar reads how the worker ended to name the culprit.
-    deadline = time.monotonic() + WAIT_SECONDS
+    deadline = time.monotonic() + ANSWER_WITHIN
     while -9 not in backend.worker_exitcodes().values() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert -9 in backend.worker_exitcodes().values()
@@ -454,7 +458,7 @@ def test_shutdown_kill_reports_the_running_batch_once(make_backend: MakeBackend,
     started, gate = tmp_path / "started", tmp_path / "gate"  # the gate never opens
     rec = OnDoneRecorder()
     backend.submit([1], [_payload(jobs.block_until, str(started), str(gate))], rec)
-    assert jobs.wait_for_path(started, WAIT_SECONDS)
+    assert jobs.wait_for_path(started, ANSWER_WITHIN)
     t0 = time.monotonic()
     backend.shutdown(kill=True)
     assert time.monotonic() - t0 < 10, "shutdown(kill=True) must not wait for the job"
@@ -478,41 +482,23 @@ def test_terminate_children_kills_a_loky_worker_that_ignores_sigterm(tmp_path: P
     pytest.importorskip("loky")
     from loky.backend.context import get_context
 
-    from subproc_executor.backends._reap import terminate_children
+    from subproc_executor.sidecar.backends._reap import terminate_children
 
     ready = tmp_path / "ready"
     proc = get_context("loky").Process(target=exec, args=(_IGNORE_SIGTERM.format(ready=str(ready)),))
     proc.start()
     try:
-        assert jobs.wait_for_path(ready, WAIT_SECONDS)
+        assert jobs.wait_for_path(ready, ANSWER_WITHIN)
         terminate_children(grace=0.2)
         assert proc.exitcode == -signal.SIGKILL
     finally:
         if proc.exitcode is None:
             os.kill(proc.pid, signal.SIGKILL)
-            proc.join(WAIT_SECONDS)
+            proc.join(ANSWER_WITHIN)
 
 
-def test_a_crash_without_start_records_is_not_retried_forever() -> None:
-    """A backend that does not pass ``config.notify`` gives the sidecar no start
-    records. A job that keeps killing its worker must still fail after a bounded
-    number of tries, as it does with records, instead of looping."""
-    from subproc_executor._scheduler import MAX_CRASH_RETRIES, Scheduler
-
-    scheduler = Scheduler(max_workers=1)
-    scheduler.add(1, b"job bytes")
-    for _ in range(MAX_CRASH_RETRIES + 2):
-        (batch,) = scheduler.next_batches()
-        if scheduler.failed(batch, {4242: -signal.SIGKILL}, "RuntimeError: worker died"):
-            return
-        scheduler.new_generation()
-    pytest.fail(f"job 1 was requeued {MAX_CRASH_RETRIES + 2} times and never failed")
-
-
-def test_loky_refuses_fork_and_max_tasks_per_child_in_the_sidecar_too() -> None:
+def test_loky_refuses_max_tasks_per_child_in_the_sidecar_too() -> None:
     pytest.importorskip("loky")
-    with pytest.raises(ValueError, match="fork"):
-        load_backend("loky", _config("fork"))
     with pytest.raises(ValueError, match="max_tasks_per_child"):
         load_backend("loky", _config(None, max_tasks_per_child=1))
 
@@ -531,13 +517,13 @@ def test_docs_show_the_example_backend_as_it_is() -> None:
 
 @pytest.mark.parametrize(
     ("backend", "start_method", "max_tasks_per_child"),
-    [("loky", None, 10), ("loky", "fork", None), ("process", "loky", None)],
+    [("loky", None, 10), ("process", "loky", None)],
 )
 def test_docs_quote_the_refusals_as_they_are(
     backend: str, start_method: str | None, max_tasks_per_child: int | None
 ) -> None:
     with pytest.raises(ValueError) as info:
-        check_options(backend, start_method, max_tasks_per_child)
+        check_backend(backend, start_method, max_tasks_per_child)
     docs = " ".join(_DOCS.read_text().split())
     assert " ".join(str(info.value).split()) in docs
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jobs
 import pytest
-from executor_fixtures import MakeExecutor
+from executor_fixtures import ANSWER_WITHIN, MakeExecutor
 
 from subproc_executor import InitializerFailedError, SubprocExecutor
 from subproc_executor.errors import RemoteTraceback
@@ -60,13 +60,13 @@ def test_max_workers_attribute_is_set_like_the_stdlib(make_executor: MakeExecuto
 def test_submit_returns_a_stdlib_future(shared_executor: SubprocExecutor) -> None:
     fut = shared_executor.submit(jobs.add, 2, b=5)
     assert isinstance(fut, cf.Future)
-    assert fut.result(timeout=30) == 7
+    assert fut.result(timeout=ANSWER_WITHIN) == 7
 
 
 def test_submit_keyword_named_fn_and_self(shared_executor: SubprocExecutor) -> None:
     # fn is positional-only, so these names reach the job as keywords.
     fut = shared_executor.submit(dict, fn=1, self=2)
-    assert fut.result(timeout=30) == {"fn": 1, "self": 2}
+    assert fut.result(timeout=ANSWER_WITHIN) == {"fn": 1, "self": 2}
 
 
 @pytest.mark.parametrize("chunksize", [1, 3, 1000])
@@ -109,7 +109,7 @@ def test_map_timeout_counts_from_the_call(shared_executor: SubprocExecutor, tmp_
 def test_job_exception_keeps_type_and_remote_traceback(shared_executor: SubprocExecutor) -> None:
     fut = shared_executor.submit(jobs.raise_value_error, "bad value")
     with pytest.raises(ValueError, match="bad value") as info:
-        fut.result(timeout=30)
+        fut.result(timeout=ANSWER_WITHIN)
     cause = info.value.__cause__
     assert isinstance(cause, RemoteTraceback)
     assert "raise_value_error" in str(cause)
@@ -118,8 +118,9 @@ def test_job_exception_keeps_type_and_remote_traceback(shared_executor: SubprocE
 
 def test_as_completed_and_wait(shared_executor: SubprocExecutor) -> None:
     futures = [shared_executor.submit(jobs.square, i) for i in range(20)]
-    assert sorted(f.result() for f in cf.as_completed(futures, timeout=30)) == [i * i for i in range(20)]
-    done, not_done = cf.wait(futures, timeout=30, return_when=cf.ALL_COMPLETED)
+    squares = sorted(f.result() for f in cf.as_completed(futures, timeout=ANSWER_WITHIN))
+    assert squares == [i * i for i in range(20)]
+    done, not_done = cf.wait(futures, timeout=ANSWER_WITHIN, return_when=cf.ALL_COMPLETED)
     assert len(done) == 20 and not not_done
 
 
@@ -139,15 +140,15 @@ def test_lambdas_and_closures_travel_by_value(shared_executor: SubprocExecutor) 
     def closure(x: int) -> int:
         return x + offset
 
-    assert shared_executor.submit(lambda: 41 + 1).result(timeout=30) == 42
+    assert shared_executor.submit(lambda: 41 + 1).result(timeout=ANSWER_WITHIN) == 42
     assert list(shared_executor.map(closure, [1, 2])) == [11, 12]
 
 
 def test_unpicklable_argument_fails_only_its_job(shared_executor: SubprocExecutor) -> None:
     bad = shared_executor.submit(jobs.identity, threading.Lock())
     with pytest.raises(TypeError, match="lock"):
-        bad.result(timeout=30)
-    assert shared_executor.submit(jobs.square, 4).result(timeout=30) == 16
+        bad.result(timeout=ANSWER_WITHIN)
+    assert shared_executor.submit(jobs.square, 4).result(timeout=ANSWER_WITHIN) == 16
 
 
 def test_large_payloads_both_ways(shared_executor: SubprocExecutor) -> None:
@@ -183,17 +184,17 @@ def test_queued_future_can_be_cancelled(make_executor: MakeExecutor, tmp_path: P
     assert jobs.wait_for_path(tmp_path / "started", 30)
     log = tmp_path / "log"
     # More jobs than the window holds: the last ones stay queued in the parent.
-    later = [ex.submit(jobs.append_line, str(log), str(i)) for i in range(ex._core.window + 5)]
+    later = [ex.submit(jobs.append_line, str(log), str(i)) for i in range(ex._core.table.window + 5)]
     last = later[-1]
     assert not last.running()
     assert last.cancel()
     assert last.cancelled()
     gate.touch()
-    assert first.result(timeout=30) == "first"
+    assert first.result(timeout=ANSWER_WITHIN) == "first"
     for f in later[:-1]:
-        f.result(timeout=30)
+        f.result(timeout=ANSWER_WITHIN)
     ex.shutdown(wait=True)
-    assert str(ex._core.window + 4) not in log.read_text().split()
+    assert str(ex._core.table.window + 4) not in log.read_text().split()
 
 
 def test_sent_future_reports_running_and_cannot_be_cancelled(
@@ -205,7 +206,7 @@ def test_sent_future_reports_running_and_cannot_be_cancelled(
     assert fut.running()
     assert not fut.cancel()
     (tmp_path / "gate").touch()
-    assert fut.result(timeout=30) == 1
+    assert fut.result(timeout=ANSWER_WITHIN) == 1
 
 
 def test_submit_after_shutdown_raises(make_executor: MakeExecutor) -> None:
@@ -217,7 +218,7 @@ def test_submit_after_shutdown_raises(make_executor: MakeExecutor) -> None:
 
 def test_shutdown_twice_is_harmless(make_executor: MakeExecutor) -> None:
     ex = make_executor()
-    ex.submit(jobs.square, 2).result(timeout=30)
+    ex.submit(jobs.square, 2).result(timeout=ANSWER_WITHIN)
     ex.shutdown()
     ex.shutdown()
 
@@ -239,7 +240,7 @@ def test_shutdown_without_wait_returns_and_jobs_still_finish(
     ex.shutdown(wait=False)
     assert not futs[2].done()
     gate.touch()
-    assert [f.result(timeout=30) for f in futs] == [0, 1, 2]
+    assert [f.result(timeout=ANSWER_WITHIN) for f in futs] == [0, 1, 2]
 
 
 def test_cancel_futures_cancels_the_queued_and_finishes_the_running(
@@ -249,7 +250,7 @@ def test_cancel_futures_cancels_the_queued_and_finishes_the_running(
     gate = tmp_path / "gate"
     running = ex.submit(jobs.block_until, str(tmp_path / "started"), str(gate), "ran")
     assert jobs.wait_for_path(tmp_path / "started", 30)
-    queued = [ex.submit(jobs.square, i) for i in range(ex._core.window + 10)]
+    queued = [ex.submit(jobs.square, i) for i in range(ex._core.table.window + 10)]
 
     def open_gate_once_closing() -> None:
         # Release the running job only after shutdown() has cancelled the

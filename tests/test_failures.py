@@ -1,4 +1,4 @@
-"""Issue 5: faults and bad input. Nothing hangs, nothing is lost, the executor keeps serving.
+"""Faults and bad input: nothing hangs, nothing is lost, the executor keeps serving.
 
 What is broken, and what must follow:
 
@@ -40,7 +40,7 @@ import faults
 import jobs
 import psutil
 import pytest
-from executor_fixtures import MakeExecutor, wait_gone
+from executor_fixtures import ANSWER_WITHIN, FAIL_WITHIN, GONE_WITHIN, TWO_VARIANTS, MakeExecutor, wait_gone
 
 from subproc_executor import (
     BrokenSubprocExecutor,
@@ -50,28 +50,16 @@ from subproc_executor import (
     SubprocExecutor,
     WorkerDiedError,
 )
-from subproc_executor._launcher import SidecarExit, SidecarProcess
-from subproc_executor._scheduler import MAX_CRASH_RETRIES
 from subproc_executor.errors import RemoteTraceback
-from subproc_executor.protocol import MessageKind, encode_header
+from subproc_executor.parent.launcher import SidecarExit, SidecarProcess
+from subproc_executor.sidecar.scheduler import MAX_CRASH_RETRIES
+from subproc_executor.wire.protocol import MessageKind, encode_header
 
-# Futures of a broken process must fail within this; a healthy job answers
-# far sooner. Generous, for loaded CI machines, but bounded.
-FAIL_WITHIN = 10.0
-# Processes that must die with their parent must be gone within this. The
-# sidecar escalates SIGTERM -> SIGKILL after a 2 s grace; the rest is margin.
-GONE_WITHIN = 5.0
-# A healthy job's answer, including a new sidecar's start.
-ANSWER_WITHIN = 30.0
-
-# The heavy matrices (the pickling fault matrix, a corrupt frame) run on two
-# variants only: process-fork, the default stdlib pool, and loky, the other
-# backend. The start methods differ only in how workers are created, which
-# the worker, sidecar and parent death tests below cover on all four; the
-# full matrix on all four would push this module past its time budget.
-TWO_VARIANTS = pytest.mark.parametrize(
-    "variant", [("process", "fork"), ("loky", None)], ids=["process-fork", "loky"], indirect=True
-)
+# The heavy matrices (the pickling fault matrix, a corrupt frame) run on
+# TWO_VARIANTS only: the start methods differ only in how workers are
+# created, which the worker, sidecar and parent death tests below cover on
+# all of them; the full matrix everywhere would push this module past its
+# time budget.
 
 
 # sidecar_tree's function: SIGKILL an executor's sidecar; (its pid, its descendants' pids).
@@ -572,10 +560,10 @@ def _run_fake_sidecar(tmp_path: Path, mode: str, data: bytes) -> tuple[SidecarEx
 
     frames: list[object] = []
     fake = SidecarProcess(
-        [sys.executable, "-c", FAKE_SIDECAR, mode, data.hex(), str(tmp_path / "holder.pid")],
-        dict(os.environ),
-        str(tmp_path),
-        b"{}\n",
+        argv=[sys.executable, "-c", FAKE_SIDECAR, mode, data.hex(), str(tmp_path / "holder.pid")],
+        env=dict(os.environ),
+        cwd=str(tmp_path),
+        init_payload=b"{}\n",
         on_frames=frames.extend,
         on_lost=on_lost,
     )

@@ -1,12 +1,14 @@
-"""The package's layering (STYLE.md section 2), checked two ways.
+"""The package's layering, checked two ways.
 
 1. A fresh interpreter imports ``subproc_executor`` and runs executors with
-   the loky and process backends: the parent must not have imported any
-   backend implementation, loky, or the sidecar. The sidecar imports those.
+   every built-in backend: the parent must not have imported any sidecar
+   module, backend implementation or loky. The sidecar imports those.
 2. Every module's imports, read with ``ast``, against ``LAYERS`` below: the
-   table of who may import whom. Dependencies point one way, towards
-   ``protocol``. A new module needs a row here, which is the point: adding one
-   means deciding where it sits.
+   table of who may import whom. Each folder is a process (``parent``,
+   ``sidecar``, ``worker``) or what they all speak (``wire``); dependencies
+   point one way, towards ``wire``, and neither ``parent`` nor ``sidecar``
+   ever imports the other. A new module needs a row here, which is the
+   point: adding one means deciding which process runs it.
 """
 
 from __future__ import annotations
@@ -31,13 +33,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 # Modules that belong to the sidecar side and must never load in the parent.
 PARENT_NEVER_IMPORTS = (
     "loky",
-    "subproc_executor.backends.loky",
-    "subproc_executor.backends.process",
-    "subproc_executor.backends.pipes",
-    "subproc_executor.backends._reap",
-    "subproc_executor.backends._executor_pool",
     "subproc_executor.sidecar",
-    "subproc_executor._scheduler",
 )
 
 _PARENT_SCRIPT = textwrap.dedent(
@@ -105,91 +101,133 @@ def _layer(may_import: str = "", never_external: str = "", why: str = "") -> Lay
 # Only backends/loky.py imports loky (the optional pool stays optional).
 _NO_LOKY = "loky"
 
+_WIRE = "wire wire.protocol wire.messages wire.transport wire.fdtools"
+_WORKER = "worker worker.job worker.pickling"
+
 LAYERS: dict[str, Layer] = {
-    # -- leaves ------------------------------------------------------------------------
-    "protocol": _layer(
+    # -- wire: spoken by every process; imports nothing else of ours ---------------------
+    "wire": _layer(never_external=_NO_LOKY, why="the folder: what every process speaks"),
+    "wire.protocol": _layer(
         never_external=f"os threading pickle subprocess {_NO_LOKY}",
-        why="STYLE: the codec; pure functions, no I/O, nothing of ours",
+        why="the frame codec; pure functions, no I/O, nothing of ours",
     ),
-    "errors": _layer("protocol", _NO_LOKY, why="STYLE: the hierarchy; re-exports ProtocolError"),
-    "_compat": _layer(never_external=_NO_LOKY, why="STYLE: version gates only"),
-    "_pickling": _layer(
-        never_external=_NO_LOKY,
-        why="not in STYLE: picklers by qualified name; a leaf used by both sides",
+    "wire.messages": _layer(
+        "wire.protocol",
+        f"os threading subprocess {_NO_LOKY}",
+        why="typed payloads of every control frame, start records and outcome bytes; pure",
     ),
-    "_job": _layer(
-        "_pickling",
-        _NO_LOKY,
-        why="STYLE: what runs in a worker; needs the pickler, nothing else of ours",
-    ),
-    "stats": _layer(never_external=_NO_LOKY, why="not in STYLE: frozen statistics records, a leaf"),
-    # -- the parent side ------------------------------------------------------------------
-    "transport": _layer(
-        "protocol errors",
+    "wire.transport": _layer(
+        "wire.protocol",
         f"pickle concurrent.futures {_NO_LOKY}",
-        why="STYLE: frames over descriptors; knows frames, not jobs",
+        why="frames over descriptors; knows frames, not jobs",
     ),
-    "_launcher": _layer(
-        "transport protocol errors",
-        _NO_LOKY,
-        why="not in STYLE: starts and watches one sidecar process for the executor",
+    "wire.fdtools": _layer(
+        never_external=_NO_LOKY, why="drain, wake pipe, signal, pidfd: one copy for every process"
     ),
-    "_outcome": _layer(
-        "_job _pickling errors",
-        _NO_LOKY,
-        why="not in STYLE: decodes outcome bytes and JOB_ERROR frames into values or exceptions",
-    ),
-    "executor": _layer(
-        # STYLE lists transport, protocol, errors, _compat; the rest are the
-        # leaves and parent-side helpers that did not exist when it was written.
-        # "backends" is the name registry (imported lazily for names and
-        # option checks), never an implementation.
-        "transport protocol errors _compat _launcher _outcome _pickling _job stats backends",
-        _NO_LOKY,
-        why="STYLE: the public API; names the backend as a string, never imports one",
-    ),
-    "__init__": _layer("errors executor stats", _NO_LOKY, why="STYLE: public names only"),
-    # -- the sidecar side -----------------------------------------------------------------
-    "_scheduler": _layer(
-        "errors protocol",
-        _NO_LOKY,
-        why="not in STYLE: the sidecar's job bookkeeping; no I/O, no backend calls",
-    ),
-    "sidecar": _layer(
-        # STYLE lists transport, protocol, errors, backends. _job for the
-        # start-record layout workers write; _scheduler is its bookkeeping.
-        "transport protocol errors backends _job _scheduler",
-        _NO_LOKY,
-        why="STYLE: the sidecar loop; loads backend implementations by name at run time",
-    ),
-    "backends": _layer(
-        never_external=f"multiprocessing concurrent.futures {_NO_LOKY}",
-        why="STYLE: the Backend protocol and a registry of strings; no heavy imports",
-    ),
-    "backends._reap": _layer(
+    # -- the public records -----------------------------------------------------------------
+    "errors": _layer("wire.protocol", _NO_LOKY, why="the hierarchy; re-exports ProtocolError"),
+    "stats": _layer(never_external=_NO_LOKY, why="frozen statistics records, a leaf"),
+    # -- worker: runs in the workers ---------------------------------------------------------
+    "worker": _layer(never_external=_NO_LOKY, why="the folder: code that runs in the workers"),
+    "worker.pickling": _layer(
         never_external=_NO_LOKY,
-        why="not in STYLE: worker tracking and bounded termination shared by the backends",
+        why="picklers by qualified name; also used by the parent to pickle jobs",
     ),
-    "backends._executor_pool": _layer(
-        "backends backends._reap _job",
+    "worker.job": _layer(
+        "worker.pickling wire.messages wire.fdtools",
         _NO_LOKY,
-        why="not in STYLE: what the process and loky backends share (a concurrent.futures pool)",
+        why="runs one job and encodes its outcome; knows the wire's record layouts",
     ),
-    "backends.process": _layer(
-        "backends backends._executor_pool _job", _NO_LOKY, why="STYLE: the stdlib pool"
-    ),
-    "backends.loky": _layer(
-        "backends backends._executor_pool _job", why="STYLE: the only module that imports loky"
-    ),
-    "backends.pipes": _layer(
-        "backends backends._reap _job errors",
+    # -- parent: runs in the user's process --------------------------------------------------
+    "parent": _layer(never_external=_NO_LOKY, why="the folder: code that runs in the user's process"),
+    "parent.settings": _layer(
+        "stats wire.messages worker.pickling",
         _NO_LOKY,
-        why="a lean pool of our own: two pipes per worker, one reader thread; errors for WorkerDiedError",
+        why="validates the constructor once; the table of built-in backends, as strings",
+    ),
+    "parent.jobtable": _layer(
+        never_external=f"os subprocess selectors {_NO_LOKY}",
+        why="queued / in flight / window / counters; no I/O",
+    ),
+    "parent.launcher": _layer(
+        "errors wire.fdtools wire.messages wire.protocol wire.transport",
+        _NO_LOKY,
+        why="starts and watches one sidecar process",
+    ),
+    "parent.outcome": _layer(
+        "errors wire.messages wire.protocol worker.pickling",
+        _NO_LOKY,
+        why="decodes outcome bytes and JOB_ERROR records into values or exceptions",
+    ),
+    "parent.supervisor": _layer(
+        "errors stats wire.messages wire.protocol parent.outcome parent.jobtable parent.launcher "
+        "parent.settings",
+        _NO_LOKY,
+        why="the job table, the current sidecar and the frames between them",
+    ),
+    "parent.executor": _layer(
+        "stats wire.messages wire.protocol worker.job parent.launcher parent.settings parent.supervisor",
+        _NO_LOKY,
+        why="the public API; names the backend as a string, never imports one",
+    ),
+    "__init__": _layer("errors parent.executor stats", _NO_LOKY, why="public names only"),
+    # -- sidecar: runs in the sidecar process ------------------------------------------------
+    "sidecar": _layer(never_external=_NO_LOKY, why="the folder: code that runs in the sidecar"),
+    "sidecar.__main__": _layer("sidecar.main", _NO_LOKY, why="python -m subproc_executor.sidecar"),
+    "sidecar.main": _layer(
+        "wire.messages wire.protocol wire.transport sidecar.backends sidecar.loop sidecar.scheduler",
+        _NO_LOKY,
+        why="start-up: reads INIT, builds the backend, says HELLO",
+    ),
+    "sidecar.loop": _layer(
+        "errors wire.fdtools wire.messages wire.protocol wire.transport sidecar.backends sidecar.scheduler",
+        _NO_LOKY,
+        why="the main loop; loads backend implementations by name at run time",
+    ),
+    "sidecar.scheduler": _layer(
+        "errors wire.messages",
+        _NO_LOKY,
+        why="the sidecar's job bookkeeping; no I/O, no backend calls",
+    ),
+    "sidecar.backends": _layer(
+        never_external=f"multiprocessing concurrent.futures {_NO_LOKY}",
+        why="the Backend protocol and load_backend; no heavy imports",
+    ),
+    "sidecar.backends._reap": _layer(
+        "wire.fdtools",
+        _NO_LOKY,
+        why="worker tracking and bounded termination shared by the backends",
+    ),
+    "sidecar.backends._executor_pool": _layer(
+        "sidecar.backends sidecar.backends._reap worker.job",
+        _NO_LOKY,
+        why="what the process and loky backends share (a concurrent.futures pool)",
+    ),
+    "sidecar.backends.process": _layer(
+        "sidecar.backends sidecar.backends._executor_pool worker.job", _NO_LOKY, why="the stdlib pool"
+    ),
+    "sidecar.backends.loky": _layer(
+        "sidecar.backends sidecar.backends._executor_pool worker.job",
+        why="the only module that imports loky",
+    ),
+    "sidecar.backends.pipes": _layer(
+        "sidecar.backends sidecar.backends._reap worker.job errors wire.fdtools",
+        _NO_LOKY,
+        why="a lean pool of our own: two pipes per worker, one reader thread",
     ),
 }
 
-# What no backend implementation may import, whatever its row says (STYLE).
-BACKENDS_NEVER = frozenset({"executor", "transport", "sidecar", "_launcher"})
+# Which folder (process) a module belongs to, and the floors of the house:
+# a module imports only from its own floor or below. parent and sidecar
+# share a floor and never import each other.
+FLOORS = {"wire": 0, "errors": 1, "stats": 1, "worker": 1, "parent": 2, "sidecar": 2, "__init__": 3}
+
+# What no backend implementation may import, whatever its row says.
+BACKENDS_NEVER_PREFIXES = ("parent", "sidecar.loop", "sidecar.main", "wire.transport")
+
+
+def _folder(module: str) -> str:
+    return module.split(".")[0]
 
 
 def _module_name(path: Path) -> str:
@@ -257,7 +295,7 @@ def test_every_module_has_a_row_and_every_row_a_module() -> None:
     assert set(MODULES) == set(LAYERS), (
         f"modules without a row in LAYERS: {sorted(set(MODULES) - set(LAYERS))}; "
         f"rows without a module: {sorted(set(LAYERS) - set(MODULES))}. "
-        "Decide where a new module sits and add its row (and STYLE.md's table)."
+        "Decide which process runs a new module and add its row."
     )
 
 
@@ -274,31 +312,38 @@ def test_module_imports_only_what_its_layer_allows(module: str) -> None:
     )
     banned = sorted(m for m in outside for b in layer.never_external if m == b or m.startswith(b + "."))
     assert not banned, f"{module} must not import {banned} ({layer.why})"
-    if module.startswith("backends."):
-        assert not ours & BACKENDS_NEVER, f"backend {module} imports {sorted(ours & BACKENDS_NEVER)}"
+    if module.startswith("sidecar.backends."):
+        bad = sorted(m for m in ours if m.startswith(BACKENDS_NEVER_PREFIXES))
+        assert not bad, f"backend {module} imports {bad}"
 
 
-def test_the_table_itself_keeps_the_rules_of_style() -> None:
+def test_the_table_itself_keeps_the_rules() -> None:
     # The rules the table must not drift from, whatever rows are added.
-    assert not LAYERS["protocol"].may_import
-    assert LAYERS["transport"].may_import <= {"protocol", "errors"}
-    assert not LAYERS["executor"].may_import & {"sidecar", "_scheduler"}
-    assert not any(m.startswith("backends.") for m in LAYERS["executor"].may_import)
-    assert "executor" not in LAYERS["sidecar"].may_import
+    assert not LAYERS["wire.protocol"].may_import
     for name, layer in LAYERS.items():
-        if name.startswith("backends."):
-            assert not layer.may_import & BACKENDS_NEVER, name
-        if name != "backends.loky":
+        if name.startswith("sidecar.backends."):
+            assert not any(m.startswith(BACKENDS_NEVER_PREFIXES) for m in layer.may_import), name
+        if name != "sidecar.backends.loky":
             assert _NO_LOKY in layer.never_external, f"{name} must be kept from importing loky"
-    assert LAYERS["errors"].may_import <= {"protocol"}
-    assert LAYERS["_job"].may_import <= {"_pickling"}
-    assert not LAYERS["_pickling"].may_import
+    assert LAYERS["errors"].may_import <= {"wire.protocol"}
+    assert not LAYERS["worker.pickling"].may_import
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_import_points_down_the_house(module: str) -> None:
+    """A module imports from its own folder or a lower floor; parent and sidecar never meet."""
+    here = _folder(module)
+    for target in IMPORTS[module][0] - {module}:
+        there = _folder(target)
+        assert FLOORS[there] < FLOORS[here] or there == here, (
+            f"{module} ({here}, floor {FLOORS[here]}) imports {target} ({there}, floor {FLOORS[there]}): "
+            "imports must point down, towards wire"
+        )
 
 
 def test_imports_point_one_way() -> None:
     graph = {module: IMPORTS[module][0] - {module} for module in MODULES}
     try:
-        order = list(TopologicalSorter(graph).static_order())
+        list(TopologicalSorter(graph).static_order())
     except CycleError as exc:
         pytest.fail(f"import cycle between modules of the package: {exc.args[1]}")
-    assert order.index("protocol") < order.index("transport") < order.index("executor")

@@ -1,4 +1,4 @@
-"""Lifecycle parity with the seed (issue 6): warm start, quiesce and wake up,
+"""Lifecycle: warm start, quiesce and wake up,
 idle timeout, slow-job reports, statistics, the sidecar's output, nesting.
 
 Each test waits on state it can observe (``statistics()``, files a job
@@ -23,33 +23,27 @@ from typing import TypeVar
 import jobs
 import psutil
 import pytest
-from executor_fixtures import MakeExecutor, pid_alive, wait_gone
+from executor_fixtures import (
+    ANSWER_WITHIN,
+    ONLY_PROCESS_FORK,
+    POLL_SECONDS,
+    TWO_VARIANTS,
+    MakeExecutor,
+    pid_alive,
+    wait_gone,
+)
 
 from subproc_executor import ExecutorStatistics, SlowJobReport, SubprocExecutor, WorkerDiedError
 
 T = TypeVar("T")
 
-# Generous bound for anything that should happen "soon": a pool starting, a
-# quiesce finishing, a report arriving. Reaching it means a hang, not slowness.
-EVENTUALLY_SECONDS = 30.0
-POLL_SECONDS = 0.01
-
 # A hung test fails well before the global 120 s: nothing here should take
 # more than a few seconds.
 pytestmark = pytest.mark.timeout(60)
 
-# For tests of the sidecar's loop or the parent's bookkeeping, where the
-# backend plays a small part: the default stdlib fork pool, and loky, whose
-# pool is built differently.
-ONE_OF_EACH_BACKEND = pytest.mark.parametrize(
-    "variant", [("process", "fork"), ("loky", None)], ids=["process-fork", "loky"], indirect=True
-)
-ONLY_PROCESS_FORK = pytest.mark.parametrize(
-    "variant", [("process", "fork")], ids=["process-fork"], indirect=True
-)
 
 
-def wait_for(predicate: Callable[[], T], what: str, timeout: float = EVENTUALLY_SECONDS) -> T:
+def wait_for(predicate: Callable[[], T], what: str, timeout: float = ANSWER_WITHIN) -> T:
     """Poll ``predicate`` until it returns something truthy; return that. Fails after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -159,7 +153,7 @@ def test_wakeup_when_awake_is_harmless(make_executor: MakeExecutor) -> None:
 
 # The idle timer runs in the sidecar's main loop, the same for every backend;
 # the backend's quiesce and start are covered on all variants above.
-@ONE_OF_EACH_BACKEND
+@TWO_VARIANTS
 def test_idle_timeout_quiesces_by_itself_and_the_next_job_wakes_it(make_executor: MakeExecutor) -> None:
     ex = make_executor(2, idle_timeout=0.5)
     assert ex.submit(jobs.square, 4).result(timeout=60) == 16
@@ -242,7 +236,7 @@ def test_a_slow_job_is_reported_and_its_future_is_unaffected(
     ex = make_executor(2, status_interval=0.2, on_status=reports.append)
     gate = tmp_path / "gate"
     fut = ex.submit(jobs.block_with_pid, str(tmp_path / "pid"), str(gate), "slow")
-    pid = jobs.read_pid(tmp_path / "pid", EVENTUALLY_SECONDS)
+    pid = jobs.read_pid(tmp_path / "pid", ANSWER_WITHIN)
 
     report = wait_for(lambda: next((r for r in list(reports) if r.pid == pid), None), "a slow-job report")
     assert isinstance(report, SlowJobReport)
@@ -275,7 +269,7 @@ def test_fast_jobs_are_not_reported(make_executor: MakeExecutor, tmp_path: Path)
     # jobs would be here too.
     gate = tmp_path / "gate"
     fut = ex.submit(jobs.block_with_pid, str(tmp_path / "pid"), str(gate), "sentinel")
-    pid = jobs.read_pid(tmp_path / "pid", EVENTUALLY_SECONDS)
+    pid = jobs.read_pid(tmp_path / "pid", ANSWER_WITHIN)
     wait_for(lambda: any(r.pid == pid for r in list(reports)), "the sentinel's report")
     gate.touch()
     assert fut.result(timeout=60) == "sentinel"
@@ -298,11 +292,11 @@ def test_statistics_count_a_mix_of_jobs(make_executor: MakeExecutor, tmp_path: P
 
     gate = tmp_path / "gate"
     blocker = ex.submit(jobs.block_with_pid, str(tmp_path / "pid"), str(gate), "blocker")
-    jobs.read_pid(tmp_path / "pid", EVENTUALLY_SECONDS)
+    jobs.read_pid(tmp_path / "pid", ANSWER_WITHIN)
     # Fill the window exactly (it adapts, but only when jobs finish, and none
     # can while the blocker holds the only worker): what follows stays queued
     # in the parent, where cancel() works.
-    window = ex._core.window
+    window = ex._core.table.window
     fill = [ex.submit(jobs.square, 10) for _ in range(window - 1)]
     good = [ex.submit(jobs.square, i) for i in range(5)]
     bad = [ex.submit(jobs.raise_value_error, f"bad {i}") for i in range(2)]

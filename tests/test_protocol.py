@@ -1,4 +1,4 @@
-"""Properties of the frame codec (subproc_executor.protocol).
+"""Properties of the frame codec (subproc_executor.wire.protocol).
 
 The decoder is the one place where bytes from another process are trusted to
 mean something, so it is held to a few strong properties rather than
@@ -34,7 +34,7 @@ from strategies import (
     streams,
 )
 
-from subproc_executor.protocol import (
+from subproc_executor.wire.protocol import (
     DEFAULT_MAX_PAYLOAD,
     HEADER,
     HEADER_SIZE,

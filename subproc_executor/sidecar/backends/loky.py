@@ -2,9 +2,10 @@
 
 The only module of the package that imports loky. loky starts workers with
 fork+exec by default (its "loky" start method), so they inherit nothing from
-the sidecar but what it passes on purpose. loky has no ``max_tasks_per_child``
-and its plain "fork" is unsafe next to its threads: the parent refuses both
-at construction (see ``BACKEND_LIMITS``), so nothing is silently ignored.
+the sidecar but what it passes on purpose. loky has no ``max_tasks_per_child``:
+the parent refuses it at construction (see ``parent.settings``). Its plain
+"fork" is unsafe next to its threads, and inside the sidecar no start method
+inherits the user's state anyway, so "fork" means loky's own fork+exec.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import cast
 from loky import ProcessPoolExecutor as LokyPool
 from loky.backend.context import get_context
 
-from .. import _job
+from ...worker import job
 from . import BackendConfig
 from ._executor_pool import ExecutorPoolBackend
 
@@ -29,10 +30,10 @@ class LokyBackend(ExecutorPoolBackend):
 
     def __init__(self, config: BackendConfig) -> None:
         if config.max_tasks_per_child is not None:
-            raise ValueError("backend 'loky' has no max_tasks_per_child; use backend='process'")
+            raise ValueError("backend 'loky' has no max_tasks_per_child; use backend='pipes'")
         method = config.start_method or "loky"
         if method == "fork":
-            raise ValueError("backend 'loky' does not support the 'fork' start method; use the default")
+            method = "loky"  # fork+exec: what fork can safely mean beside loky's threads
         super().__init__(config)
         self._context = get_context(method)
 
@@ -41,7 +42,7 @@ class LokyBackend(ExecutorPoolBackend):
         pool = LokyPool(
             cfg.max_workers,
             context=self._context,
-            initializer=_job.worker_init,
+            initializer=job.worker_init,
             initargs=(cfg.pickler, (), cfg.initializer, cfg.notify),
         )
         return cast(Executor, pool)

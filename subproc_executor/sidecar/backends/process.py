@@ -10,7 +10,7 @@ import multiprocessing
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
 
-from .. import _job
+from ...worker import job
 from . import BackendConfig
 from ._executor_pool import ExecutorPoolBackend
 
@@ -30,7 +30,7 @@ class ProcessBackend(ExecutorPoolBackend):
         self._context = multiprocessing.get_context(method)
         if method == "forkserver":
             # Workers forked by the forkserver start with our job module loaded.
-            self._context.set_forkserver_preload(["subproc_executor._job"])
+            self._context.set_forkserver_preload(["subproc_executor.worker.job"])
         # Only a forked worker inherits the sidecar's pipes; in a spawned one
         # the same numbers may name the pool's own descriptors.
         self._close_fds = config.close_fds if method == "fork" else ()
@@ -43,7 +43,7 @@ class ProcessBackend(ExecutorPoolBackend):
         return ProcessPoolExecutor(
             cfg.max_workers,
             mp_context=self._context,
-            initializer=_job.worker_init,
+            initializer=job.worker_init,
             initargs=(cfg.pickler, self._close_fds, cfg.initializer, cfg.notify),
             **kwargs,
         )

@@ -62,7 +62,7 @@ def _cloudpickle_dumps(obj: object) -> bytes:
     return data
 
 
-DEFAULT_PICKLER: Final = "subproc_executor._pickling:HybridPickler"
+DEFAULT_PICKLER: Final = "subproc_executor.worker.pickling:HybridPickler"
 _cache: dict[str, Pickler] = {}
 
 

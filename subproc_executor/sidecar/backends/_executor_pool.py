@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import CancelledError, Executor, Future
 
-from .. import _job
+from ...worker import job
 from . import BackendConfig, OnDone
 from ._reap import WorkerTracker, terminate_children
 
@@ -27,7 +27,7 @@ class ExecutorPoolBackend:
         self._tracker = WorkerTracker()
 
     def _make_pool(self) -> Executor:
-        """A new pool whose workers run ``_job.worker_init`` first."""
+        """A new pool whose workers run ``job.worker_init`` first."""
         raise NotImplementedError
 
     def _abandon(self, pool: Executor) -> None:
@@ -45,14 +45,14 @@ class ExecutorPoolBackend:
             # Not with max_tasks_per_child: the pool would count the warm-up
             # as each worker's first task.
             for _ in range(self._config.max_workers):
-                self._pool.submit(_job.run_batch, self._config.pickler, (), ())
+                self._pool.submit(job.run_batch, self._config.pickler, (), ())
         self._tracker.live_pids()
 
     def submit(self, job_ids: Sequence[int], payloads: Sequence[bytes], on_done: OnDone) -> None:
         if self._pool is None:
             self.start()
         assert self._pool is not None
-        fut = self._pool.submit(_job.run_batch, self._config.pickler, list(job_ids), list(payloads))
+        fut = self._pool.submit(job.run_batch, self._config.pickler, list(job_ids), list(payloads))
 
         def done(f: Future[list[bytes]]) -> None:
             if f.cancelled():  # a reset cancelled it before it started

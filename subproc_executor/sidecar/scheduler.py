@@ -32,10 +32,11 @@ import math
 import signal
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Final
 
-from .errors import describe_exitcode
+from ..errors import describe_exitcode
+from ..wire.messages import JobError, JobErrorKind
 
 __all__ = ["Batch", "Failure", "Scheduler", "culprit"]
 
@@ -43,9 +44,6 @@ __all__ = ["Batch", "Failure", "Scheduler", "culprit"]
 # fails. Higher tolerates more bad luck next to a crashing job; lower
 # wastes less time on a job that crashes its worker every time.
 MAX_CRASH_RETRIES: Final = 2
-# Most jobs grouped into one backend call. Bigger amortises more per-call
-# overhead; smaller keeps a slow job from delaying the fast ones batched with it.
-MAX_BATCH_JOBS: Final = 64
 # Jobs whose payloads add up to more than this are not grouped further.
 MAX_BATCH_BYTES: Final = 1 << 20
 
@@ -84,7 +82,7 @@ class Failure:
     """A job that fails for good, and what to tell the parent about it."""
 
     job_id: int
-    info: dict[str, object] = field(default_factory=dict)
+    error: JobError
 
 
 def culprit(exitcodes: dict[int, int | None]) -> tuple[int, int] | None:
@@ -105,7 +103,7 @@ def culprit(exitcodes: dict[int, int | None]) -> tuple[int, int] | None:
 class Scheduler:
     """Jobs between the parent's SUBMIT and the backend's outcome."""
 
-    def __init__(self, max_workers: int, max_batch_jobs: int = MAX_BATCH_JOBS) -> None:
+    def __init__(self, max_workers: int, *, max_batch_jobs: int) -> None:
         # Batches kept in the backend, as the stdlib keeps max_workers + 1
         # calls in its call queue: enough that a worker finishing one finds
         # the next already there.
@@ -123,7 +121,7 @@ class Scheduler:
         # Exit codes seen when a generation broke: later failures of the same
         # generation are judged against the same facts.
         self._broken: dict[int, dict[int, int | None]] = {}
-        # Whether the backend's workers announce jobs at all (see _job.START_RECORD).
+        # Whether the backend's workers announce jobs at all (see messages.StartRecord).
         self._seen_records = False
 
     # -- queries -------------------------------------------------------------------
@@ -262,12 +260,12 @@ class Scheduler:
                     continue
                 job.crash_retries += 1
                 if job.crash_retries > MAX_CRASH_RETRIES:
-                    info = _died(job.job_id, pid, code, error, False)
-                    info["message"] = (
+                    died = _died(job.job_id, pid, code, error, False)
+                    message = (
                         f"job {job.job_id} was running each of the {job.crash_retries} times a worker died; "
-                        f"giving up on it (last worker pid {pid}, {info['status']})"
+                        f"giving up on it (last worker pid {pid}, {died.status})"
                     )
-                    failures.append(Failure(job.job_id, info))
+                    failures.append(Failure(job.job_id, replace(died, message=message)))
                     continue
                 # Collateral if the culprit is known to be another worker;
                 # otherwise a suspect, rerun alone to find out.
@@ -292,15 +290,15 @@ class Scheduler:
             self._in_backend.pop(job.job_id, None)
 
 
-def _died(job_id: int, pid: int, code: int | None, error: str, alone: bool) -> dict[str, object]:
+def _died(job_id: int, pid: int, code: int | None, error: str, alone: bool) -> JobError:
     status = describe_exitcode(code)
     how = " (it ran alone, after an earlier crash left the cause unclear)" if alone else ""
     worker = f"worker pid {pid}" if pid else "a worker (pid unknown)"
-    return {
-        "kind": "worker_died",
-        "pid": pid or None,
-        "exitcode": code,
-        "status": status,
-        "message": f"{worker} died with {status} while running job {job_id}{how}",
-        "detail": error,
-    }
+    return JobError(
+        kind=JobErrorKind.WORKER_DIED,
+        message=f"{worker} died with {status} while running job {job_id}{how}",
+        pid=pid or None,
+        exitcode=code,
+        status=status,
+        detail=error,
+    )

@@ -26,7 +26,7 @@ fails the batch that worker was running, and only that batch, with
 replacement. A worker that retires after ``max_tasks_per_child`` jobs is
 replaced without a report.
 
-*Each worker* runs ``_worker_main``: ``_job.worker_init``, then batches until
+*Each worker* runs ``_worker_main``: ``job.worker_init``, then batches until
 an empty message or EOF on its job pipe.
 
 Why it is faster than the stdlib pool inside the sidecar: there a job crosses
@@ -63,7 +63,6 @@ from __future__ import annotations
 import enum
 import logging
 import multiprocessing
-import os
 import pickle
 import selectors
 import signal
@@ -80,8 +79,9 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.util import Finalize
 from typing import TYPE_CHECKING, Final
 
-from .. import _job
-from ..errors import WorkerDiedError, describe_exitcode
+from ...errors import WorkerDiedError, describe_exitcode
+from ...wire.fdtools import WakePipe, signal_pid
+from ...worker import job
 from . import BackendConfig, OnDone
 from ._reap import TERMINATE_GRACE_SECONDS, terminate_children
 
@@ -169,7 +169,7 @@ def _worker_main(
     inherit only what they are passed. Exits with 0 after the result of the
     batch that reaches ``max_tasks`` jobs.
     """
-    _job.worker_init(pickler, close_fds, initializer, notify)
+    job.worker_init(pickler, close_fds, initializer, notify)
     done = 0
     while True:
         try:
@@ -179,7 +179,7 @@ def _worker_main(
         if data == _STOP:
             return
         job_ids, payloads = pickle.loads(data)
-        outcomes = _job.run_batch(pickler, job_ids, payloads)
+        outcomes = job.run_batch(pickler, job_ids, payloads)
         try:
             result_conn.send_bytes(pickle.dumps(outcomes, pickle.HIGHEST_PROTOCOL))
         except OSError:
@@ -207,7 +207,7 @@ class PipesBackend:
         self._context = _get_context(method)
         if method == "forkserver":
             # Workers forked by the forkserver start with the worker code loaded.
-            self._context.set_forkserver_preload(["subproc_executor._job", __name__])
+            self._context.set_forkserver_preload(["subproc_executor.worker.job", __name__])
         self._forks = method == "fork"
         self._max_tasks = config.max_tasks_per_child
 
@@ -245,9 +245,7 @@ class PipesBackend:
         self._reader_stop = False
         self._reader: threading.Thread | None = None
         # Self-pipe: a byte wakes the reader to look at the workers again.
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake = WakePipe()
         # If the sidecar exits without shutdown(), multiprocessing's atexit
         # handler joins our workers, which are not daemons (so that jobs may
         # start processes of their own, as in stdlib workers) and would wait
@@ -261,7 +259,7 @@ class PipesBackend:
         """Start ``max_workers`` workers, then the reader thread. Idempotent.
 
         The workers fork before the reader thread exists, so with fork the
-        sidecar is single-threaded at the first forks (as DESIGN.md asks).
+        sidecar is single-threaded at the first forks.
         """
         with self._lock:
             if self._state is _State.RUNNING:
@@ -272,7 +270,7 @@ class PipesBackend:
             self._reader_stop = False
         self._top_up()
         if self._reader is None:
-            _drain(self._wake_r)
+            self._wake.drain()
             self._reader = threading.Thread(
                 target=self._read_loop, name="subproc_executor-pipes-reader", daemon=True
             )
@@ -330,8 +328,7 @@ class PipesBackend:
         if self._state is _State.CLOSED:
             return
         self._stop(kill=kill, final=True)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._wake.close()
         self._finalizer.cancel()
 
     def _kill_at_exit(self) -> None:
@@ -345,7 +342,7 @@ class PipesBackend:
         if pids:
             logger.warning("backend 'pipes' was not shut down; killing workers %s", pids)
         for pid in pids:
-            _signal(pid, signal.SIGKILL)
+            signal_pid(pid, signal.SIGKILL)
 
     # -- starting and stopping workers ------------------------------------------------------
 
@@ -387,8 +384,7 @@ class PipesBackend:
                         # spawned one the same numbers may name its own files.
                         close_fds = (
                             *cfg.close_fds,
-                            self._wake_r,
-                            self._wake_w,
+                            *self._wake.fds(),
                             job_w.fileno(),
                             result_r.fileno(),
                             *self._pipe_fds,
@@ -493,7 +489,7 @@ class PipesBackend:
                 # Before joining the reader: it may be writing a batch to a
                 # worker that does not read (one stuck in its initializer).
                 for w in self._workers.values():
-                    _signal(w.pid, signal.SIGTERM)
+                    signal_pid(w.pid, signal.SIGTERM)
         self._stop_reader()
         with self._lock:
             workers = list(self._workers.values())
@@ -605,10 +601,7 @@ class PipesBackend:
     # -- the reader thread ------------------------------------------------------------------
 
     def _wake_reader(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # unread wakeups are pending: the reader will look
+        self._wake.wake()
 
     def _read_loop(self) -> None:
         """The reader thread's body. Never raises: each failure is logged and
@@ -629,7 +622,7 @@ class PipesBackend:
                         if sel is not None:
                             sel.close()
                         sel = selectors.DefaultSelector()
-                        sel.register(self._wake_r, selectors.EVENT_READ, None)
+                        sel.register(self._wake.fileno(), selectors.EVENT_READ, None)
                         for w in self._workers.values():
                             sel.register(w.result_conn.fileno(), selectors.EVENT_READ, (w, True))
                             sel.register(w.sentinel, selectors.EVENT_READ, (w, False))
@@ -644,7 +637,7 @@ class PipesBackend:
                 for key, _ in events:
                     try:
                         if key.data is None:
-                            _drain(self._wake_r)
+                            self._wake.drain()
                             continue
                         worker, is_result = key.data
                         if worker.dead:
@@ -761,21 +754,6 @@ def _reap(process: BaseProcess) -> int | None:
             break
     if process.pid is not None:
         logger.warning("worker pid %d closed its pipes but did not exit; killing it", process.pid)
-        _signal(process.pid, signal.SIGKILL)
+        signal_pid(process.pid, signal.SIGKILL)
         process.join(_REAP_SECONDS)
     return process.exitcode
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # already gone
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass

@@ -1,30 +1,30 @@
 """Turning what comes back for a job into a value or an exception, in the parent.
 
-A RESULT frame carries the outcome bytes a worker made (layout in ``_job``):
-a tagged value, or an ErrorRecord describing the job's exception. A
-JOB_ERROR frame carries the sidecar's JSON account of a failure outside the
-job (a dead worker, a refused batch, a cancellation). Nothing here raises:
-every failure to decode becomes the exception the job's future gets.
+A RESULT frame carries the outcome bytes a worker made (``messages.OutcomeTag``
+and a value, or an ``ErrorRecord`` describing the job's exception). A
+JOB_ERROR frame carries the sidecar's ``messages.JobError``: a failure outside
+the job (a dead worker, a refused batch, a cancellation). Nothing here
+raises: every failure to decode becomes the exception the job's future gets.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import pickle
 import sys
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 
-from . import _job
-from ._pickling import Pickler
-from .errors import (
+from ..errors import (
     BrokenSubprocExecutor,
     InitializerFailedError,
     RemoteError,
     RemoteTraceback,
     WorkerDiedError,
 )
+from ..wire.messages import JobError, JobErrorKind, OutcomeTag, decode_error_outcome
+from ..wire.protocol import ProtocolError
+from ..worker.pickling import Pickler
 
 __all__ = ["Value", "add_note", "decode_result", "job_error"]
 
@@ -43,7 +43,7 @@ def decode_result(job_id: int, payload: bytes, pickler: Pickler) -> Value | Base
     the caller breaks the executor, as the stdlib does.
     """
     tag = payload[0] if payload else -1
-    if tag == _job.TAG_VALUE:
+    if tag == OutcomeTag.VALUE:
         try:
             return Value(pickler.loads(memoryview(payload)[1:]))  # type: ignore[arg-type]
         except BaseException as exc:  # even SystemExit from a __reduce__: it fails this job only
@@ -52,9 +52,9 @@ def decode_result(job_id: int, payload: bytes, pickler: Pickler) -> Value | Base
             )
             err.__cause__ = exc
             return err
-    if tag == _job.TAG_ERROR:
+    if tag == OutcomeTag.ERROR:
         return rebuild_exception(payload, pickler)
-    if tag == _job.TAG_INIT_FAILED:
+    if tag == OutcomeTag.INIT_FAILED:
         cause = rebuild_exception(payload, pickler)
         broken = InitializerFailedError(
             f"the initializer raised in a worker ({cause!r}); as with ProcessPoolExecutor the "
@@ -67,9 +67,12 @@ def decode_result(job_id: int, payload: bytes, pickler: Pickler) -> Value | Base
 
 
 def rebuild_exception(payload: bytes, pickler: Pickler) -> BaseException:
-    """The job's exception from an ErrorRecord (see _job): itself, else its
-    type rebuilt from its args, else a RemoteError carrying its text."""
-    exc_bytes, type_name, message, tb, stage, args_bytes = pickle.loads(memoryview(payload)[1:])
+    """The job's exception from an ErrorRecord: itself, else its type rebuilt
+    from its args, else a RemoteError carrying its text."""
+    try:
+        exc_bytes, type_name, message, tb, stage, args_bytes = decode_error_outcome(payload)
+    except ProtocolError as bad:
+        return RemoteError("ProtocolError", str(bad))
     exc: BaseException | None = None
     reason = "it could not be pickled in the worker"
     if exc_bytes is not None:
@@ -92,24 +95,24 @@ def rebuild_exception(payload: bytes, pickler: Pickler) -> BaseException:
 def job_error(job_id: int, payload: bytes) -> BaseException:
     """A JOB_ERROR frame's payload: the error for a job that failed outside its own code."""
     try:
-        info = json.loads(payload)
-    except ValueError:
-        info = {"message": payload.decode(errors="replace")}
-    kind = info.get("kind")
-    message = str(info.get("message", "unknown failure"))
-    if kind == "cancelled":
-        return CancelledError(message)
-    if kind == "worker_died":
-        pid = info.get("pid")
-        exitcode = info.get("exitcode")
+        info = JobError.decode(payload)
+    except ProtocolError as exc:
+        err = BrokenSubprocExecutor(
+            f"job {job_id} failed, and the sidecar's account of why is unreadable: {exc}"
+        )
+        err.__cause__ = exc
+        return err
+    if info.kind is JobErrorKind.CANCELLED:
+        return CancelledError(info.message)
+    if info.kind is JobErrorKind.WORKER_DIED:
         return WorkerDiedError(
-            f"{message}. The job may have crashed its worker (a segfault, os._exit, a signal, or "
+            f"{info.message}. The job may have crashed its worker (a segfault, os._exit, a signal, or "
             "the OOM killer); the executor replaced the worker and keeps serving",
             job_id=job_id,
-            pid=pid if isinstance(pid, int) else None,
-            exitcode=exitcode if isinstance(exitcode, int) else None,
+            pid=info.pid,
+            exitcode=info.exitcode,
         )
-    return BrokenSubprocExecutor(f"job {job_id} could not run: {message}", job_id=job_id)
+    return BrokenSubprocExecutor(f"job {job_id} could not run: {info.message}", job_id=job_id)
 
 
 def _rebuild_from_args(type_name: str, args_bytes: bytes | None, pickler: Pickler) -> BaseException | None:

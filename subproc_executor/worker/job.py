@@ -5,45 +5,41 @@ place where user payloads are unpickled besides the parent. Each returns
 bytes and never raises: an exception escaping into the backend would be
 reported against a whole batch, or break the pool, instead of failing one job.
 
-Outcome bytes (opaque to the sidecar, decoded by ``decode_outcome`` in the
-parent) start with a tag byte:
-
-    0x00  + pickler.dumps(value)              the job returned
-    0x01  + pickle.dumps(ErrorRecord tuple)   the job (or decoding it) raised
-    0x02  + pickle.dumps(ErrorRecord tuple)   the worker's initializer had raised
-
-An ErrorRecord is ``(exc_bytes | None, type_name, message, traceback, stage,
-args_bytes | None)``: the exception pickled by the user's pickler when
-possible, its ``args`` pickled apart, and plain strings that always survive.
-The parent loads the exception; if that fails (an ``__init__`` whose signature
-does not match its ``args``, the classic way an exception breaks unpickling)
-it rebuilds the original type from ``args`` without calling ``__init__``;
+Outcome bytes (opaque to the sidecar, decoded by ``parent.outcome``) are a
+``messages.OutcomeTag`` byte and then the pickled value, or an
+``ErrorRecord``: the exception pickled by the user's pickler when possible,
+its ``args`` pickled apart, and plain strings that always survive. The parent
+loads the exception; if that fails (an ``__init__`` whose signature does not
+match its ``args``, the classic way an exception breaks unpickling) it
+rebuilds the original type from ``args`` without calling ``__init__``;
 failing that, it raises a ``RemoteError`` stand-in carrying the strings.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import select
 import signal
-import struct
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any
 
-from ._pickling import resolve_pickler
+from ..wire.fdtools import open_pidfd
+from ..wire.messages import (
+    SIDECAR_PID_ENV,
+    ErrorRecord,
+    OutcomeTag,
+    StartRecord,
+    encode_error_outcome,
+)
+from .pickling import resolve_pickler
 
-__all__ = ["TAG_ERROR", "TAG_INIT_FAILED", "TAG_VALUE", "call_chunk", "run_batch", "worker_init"]
+__all__ = ["call_chunk", "run_batch", "run_one", "worker_init"]
 
-TAG_VALUE: Final = 0
-TAG_ERROR: Final = 1
-TAG_INIT_FAILED: Final = 2
-
-ErrorRecord = tuple["bytes | None", str, str, str, str, "bytes | None"]
+_VALUE_TAG = bytes([OutcomeTag.VALUE])
 
 # Set once per worker by worker_init when the user's initializer raised: every
 # job on this worker then answers with it instead of running (the stdlib
@@ -51,19 +47,12 @@ ErrorRecord = tuple["bytes | None", str, str, str, str, "bytes | None"]
 _init_failure: bytes | None = None
 # Write end of the sidecar's start-record pipe (a multiprocessing
 # Connection), set by worker_init. Each job announces itself on it before it
-# runs: that is how the sidecar knows which job a dead worker was running,
-# and for how long a slow job has been running.
+# runs (a messages.StartRecord, plus the Connection's 4-byte length prefix,
+# far below PIPE_BUF, so concurrent workers' writes never interleave).
 _notify: Any = None
-# One start record: job id, worker pid, time.monotonic() at the start (the
-# clock is system-wide on Linux, so the sidecar can compare it with its own).
-# 20 bytes plus the Connection's 4-byte length prefix, far below PIPE_BUF, so
-# concurrent workers' writes never interleave and need no lock.
-START_RECORD: Final = struct.Struct("<Qid")
-# Set by the sidecar in its environment, which its workers inherit.
-SIDECAR_PID_ENV: Final = "SUBPROC_EXECUTOR_SIDECAR_PID"
 
 
-def _error_bytes(tag: int, pickler_name: str, exc: BaseException, stage: str) -> bytes:
+def _error_bytes(tag: OutcomeTag, pickler_name: str, exc: BaseException, stage: str) -> bytes:
     """Encode ``exc``; never raises."""
     try:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -86,11 +75,10 @@ def _error_bytes(tag: int, pickler_name: str, exc: BaseException, stage: str) ->
         args_bytes = resolve_pickler(pickler_name).dumps(exc.args)
     except BaseException:
         args_bytes = None
-    record: ErrorRecord = (exc_bytes, type_name, message, tb, stage, args_bytes)
     try:
-        return bytes([tag]) + pickle.dumps(record, pickle.HIGHEST_PROTOCOL)
-    except BaseException:  # a str subclass with a hostile __reduce__, say
-        return bytes([tag]) + pickle.dumps((None, type_name, "<unprintable>", tb, stage, None))
+        return encode_error_outcome(tag, ErrorRecord(exc_bytes, type_name, message, tb, stage, args_bytes))
+    except BaseException:  # a str subclass whose __str__ raises, say
+        return encode_error_outcome(tag, ErrorRecord(None, type_name, "<unprintable>", tb, stage, None))
 
 
 def run_one(pickler_name: str, payload: bytes) -> bytes:
@@ -102,17 +90,17 @@ def run_one(pickler_name: str, payload: bytes) -> bytes:
         job: Any = pickler.loads(payload)
         fn, args, kwargs = job
     except BaseException as exc:
-        return _error_bytes(TAG_ERROR, pickler_name, exc, "unpickling the job in the worker")
+        return _error_bytes(OutcomeTag.ERROR, pickler_name, exc, "unpickling the job in the worker")
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:
         # BaseException too: a job's SystemExit or KeyboardInterrupt fails the
         # job, not the worker (the stdlib would lose the worker and the pool).
-        return _error_bytes(TAG_ERROR, pickler_name, exc, "running the job")
+        return _error_bytes(OutcomeTag.ERROR, pickler_name, exc, "running the job")
     try:
-        return bytes([TAG_VALUE]) + pickler.dumps(value)
+        return _VALUE_TAG + pickler.dumps(value)
     except BaseException as exc:
-        return _error_bytes(TAG_ERROR, pickler_name, exc, "pickling the result in the worker")
+        return _error_bytes(OutcomeTag.ERROR, pickler_name, exc, "pickling the result in the worker")
 
 
 def run_batch(pickler_name: str, job_ids: Sequence[int], payloads: Sequence[bytes]) -> list[bytes]:
@@ -122,7 +110,7 @@ def run_batch(pickler_name: str, job_ids: Sequence[int], payloads: Sequence[byte
     for job_id, payload in zip(job_ids, payloads, strict=True):
         if _notify is not None:
             try:
-                _notify.send_bytes(START_RECORD.pack(job_id, pid, time.monotonic()))
+                _notify.send_bytes(StartRecord(job_id, pid, time.monotonic()).encode())
             except (OSError, ValueError):
                 pass  # the sidecar is going away; the job still runs
         out.append(run_one(pickler_name, payload))
@@ -168,7 +156,7 @@ def worker_init(
         fn, args = init
         fn(*args)
     except BaseException as exc:
-        _init_failure = _error_bytes(TAG_INIT_FAILED, pickler_name, exc, "running the initializer")
+        _init_failure = _error_bytes(OutcomeTag.INIT_FAILED, pickler_name, exc, "running the initializer")
 
 
 def _watch_sidecar() -> None:
@@ -184,13 +172,13 @@ def _watch_sidecar() -> None:
         sidecar_pid = int(os.environ.get(SIDECAR_PID_ENV, ""))
     except ValueError:
         return  # not run by our sidecar (a backend tested on its own)
-    pidfd_open = getattr(os, "pidfd_open", None)
-    if sidecar_pid == os.getppid() or pidfd_open is None:
+    if sidecar_pid == os.getppid():
         return  # the parent-death signal covers a direct child
-    try:
-        pidfd = pidfd_open(sidecar_pid)
-    except OSError:
-        os._exit(1)  # already gone
+    pidfd = open_pidfd(sidecar_pid)
+    if pidfd is None:
+        if getattr(os, "pidfd_open", None) is not None:
+            os._exit(1)  # it is already gone
+        return  # no pidfd here: only the sidecar's own cleanup applies
 
     def watch() -> None:
         select.select([pidfd], [], [])

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import signal
 import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Final
+
+from ...wire.fdtools import signal_pid
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,9 @@ def terminate_children(grace: float = TERMINATE_GRACE_SECONDS) -> None:
     loky's process objects have no ``kill()``.
     """
     procs = [p for p in multiprocessing.active_children() if p.pid is not None]
-    for p in procs:
-        _signal(p, signal.SIGTERM)
+    pids = {id(p): p.pid for p in procs if p.pid is not None}
+    for pid in pids.values():
+        signal_pid(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     pending: dict[int, BaseProcess] = {}
     for p in procs:
@@ -73,14 +75,6 @@ def terminate_children(grace: float = TERMINATE_GRACE_SECONDS) -> None:
                 pending.pop(sentinel, None)
     for p in pending.values():
         logger.warning("worker pid %s ignored SIGTERM for %.1fs; sending SIGKILL", p.pid, grace)
-        _signal(p, signal.SIGKILL)
+        signal_pid(pids[id(p)], signal.SIGKILL)
     for p in procs:
         p.join(5 if p in pending.values() else 0.1)
-
-
-def _signal(p: BaseProcess, sig: int) -> None:
-    assert p.pid is not None
-    try:
-        os.kill(p.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # already gone (and maybe reaped by the pool)

@@ -48,7 +48,7 @@ __all__ = [
 MAGIC: Final = b"SX"
 # Bump on any change to the header layout or to the meaning of a kind, and
 # update docs/protocol.md in the same commit.
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 HEADER: Final = struct.Struct("<2sBBQQ")
 HEADER_SIZE: Final = HEADER.size  # 20 bytes
 # Large enough for a 1 GiB payload with room to spare. A bigger limit only
@@ -73,42 +73,36 @@ class ProtocolError(Exception):
 
 
 class MessageKind(enum.IntEnum):
-    """What a frame means. Direction and effect are documented per kind."""
+    """What a frame means. Control payloads are the typed records of
+    ``messages``, named here; SUBMIT and RESULT carry opaque job bytes."""
 
-    # parent -> sidecar: first frame; payload = one line of UTF-8 JSON
-    # settings, b"\n", then opaque initializer bytes (pickled
-    # (initializer, initargs)) or nothing. The sidecar builds its backend
-    # only after it, so workers run the initializer.
+    # parent -> sidecar, first frame: messages.Init (settings and the opaque
+    # pickled initializer). The sidecar builds its pool only after it.
     INIT = 1
     # parent -> sidecar: run a job; payload = opaque job bytes. job_id names it.
     SUBMIT = 2
     # parent -> sidecar: drop job_id if it has not started. No reply if it had.
     CANCEL = 3
     # sidecar -> parent: job_id finished; payload = opaque outcome bytes made
-    # by the worker (a value or the job's own exception). Resolves the future.
+    # by the worker (messages.OutcomeTag, then a value or an ErrorRecord).
     RESULT = 4
-    # sidecar -> parent: job_id failed outside user code (worker died, pool
-    # broke, job bytes rejected); payload = UTF-8 JSON describing what broke.
+    # sidecar -> parent: job_id failed outside user code: messages.JobError.
     JOB_ERROR = 5
-    # sidecar -> parent: job_id is still running; payload = UTF-8 JSON
-    # {"elapsed": s, "pid": worker pid}. Informational: never touches a future.
+    # sidecar -> parent: job_id is still running: messages.Status. Never touches a future.
     STATUS = 6
     # parent -> sidecar: release the workers now; the sidecar stays.
     QUIESCE = 7
     # parent -> sidecar: start the workers again (a SUBMIT also does this).
     WAKEUP = 8
-    # parent -> sidecar: finish the jobs already sent, stop the workers,
-    # answer BYE and exit. payload = UTF-8 JSON options.
+    # parent -> sidecar: stop, answer BYE and exit: messages.Shutdown.
     SHUTDOWN = 9
-    # sidecar -> parent: ready; payload = UTF-8 JSON {"pid", "backend", ...}.
+    # sidecar -> parent: ready: messages.Hello.
     HELLO = 10
-    # sidecar -> parent: last frame before a clean exit.
+    # sidecar -> parent: last frame before a clean exit; no payload.
     BYE = 11
-    # sidecar -> parent: the pool changed; payload = UTF-8 JSON
-    # {"worker_pids": [...], "quiesced": bool}. Informational.
+    # sidecar -> parent: the pool changed: messages.Workers.
     WORKERS = 12
-    # sidecar -> parent: the sidecar cannot go on (bad frame from the parent,
-    # backend failed to start); payload = UTF-8 message. The sidecar exits.
+    # sidecar -> parent: the sidecar cannot go on: messages.Fatal. It exits.
     FATAL = 13
 
 

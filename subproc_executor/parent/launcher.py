@@ -13,8 +13,6 @@ It knows frames and processes, not jobs: the executor gives it callbacks.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import os
 import selectors
@@ -26,9 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from .errors import describe_exitcode
-from .protocol import Frame, FrameDecoder, MessageKind, ProtocolError
-from .transport import READ_CHUNK_BYTES, FrameWriter, PipeClosed, read_frames
+from ..errors import describe_exitcode
+from ..wire.fdtools import grow_pipe, open_pidfd
+from ..wire.messages import SIDECAR_PID_ENV, Fatal, Hello
+from ..wire.protocol import Frame, FrameDecoder, MessageKind, ProtocolError
+from ..wire.transport import READ_CHUNK_BYTES, FrameWriter, read_frames
 
 __all__ = ["SidecarExit", "SidecarProcess"]
 
@@ -42,21 +42,35 @@ OUTPUT_TAIL_LINES: Final = 20
 SIDECAR_EXIT_GRACE_SECONDS: Final = 15.0
 
 
-# Pipe capacity asked for (Linux; unprivileged processes may get up to
-# /proc/sys/fs/pipe-max-size, 1 MiB by default). The default 64 KiB makes a big
-# payload cost a context switch per 64 KiB; a bigger pipe moves it in fewer.
-PIPE_BYTES: Final = 1 << 20
+# How the sidecar is started. ``-P`` (3.11+) keeps the working directory
+# off its import path, so a stray ``selectors.py`` in a shared directory is
+# never imported by it; 3.10 has no -P, so a bootstrap drops sys.path[0]
+# (the cwd for -c) before importing anything of ours.
+_BOOT_310: Final = (
+    "import sys; del sys.path[0]; from subproc_executor.sidecar.main import main; sys.exit(main())"
+)
 
 
-def _grow_pipe(fd: int) -> None:
-    """Best effort: keep the default size where the platform says no."""
-    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if set_size is None:
-        return
-    try:
-        fcntl.fcntl(fd, set_size, PIPE_BYTES)
-    except OSError:
-        pass
+def sidecar_argv() -> list[str]:
+    """The command line that starts a sidecar, before its descriptor arguments."""
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", "subproc_executor.sidecar"]
+    return [sys.executable, "-c", _BOOT_310]
+
+
+def sidecar_env() -> dict[str, str]:
+    """The parent's environment, with our package findable by the sidecar.
+
+    Only the directory holding ``subproc_executor`` is added to PYTHONPATH:
+    the rest of the parent's import path reaches the sidecar in INIT and is
+    installed after the sidecar's own imports, so no module of the user's
+    directories can stand in for one the sidecar needs.
+    """
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env.pop(SIDECAR_PID_ENV, None)
+    return env
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,20 +106,23 @@ class SidecarProcess:
 
     def __init__(
         self,
-        argv: Sequence[str],
+        *,
         env: dict[str, str],
         cwd: str,
         init_payload: bytes,
         on_frames: Callable[[list[Frame]], None],
         on_lost: Callable[[SidecarExit], None],
         log_path: str | None = None,
+        argv: Sequence[str] | None = None,
     ) -> None:
+        """Start the sidecar (``argv``, default ``sidecar_argv()``, then its
+        descriptor arguments) and the reader thread that serves it."""
         self._on_frames = on_frames
         self._on_lost = on_lost
         self._log_path = log_path
         self._tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
         self._partial_line = b""
-        self.hello: dict[str, object] = {}
+        self.hello: Hello | None = None
         self._said_bye = False
         self._fatal = ""
         self._ended = threading.Event()
@@ -113,10 +130,10 @@ class SidecarProcess:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         for fd in (to_child_w, from_child_w):
-            _grow_pipe(fd)
+            grow_pipe(fd)
         child_fds = (to_child_r, from_child_w)
         full_argv = [
-            *argv,
+            *(sidecar_argv() if argv is None else argv),
             "--read-fd",
             str(to_child_r),
             "--write-fd",
@@ -159,7 +176,7 @@ class SidecarProcess:
         self.writer.send(MessageKind.INIT, 0, init_payload)
         self._thread = threading.Thread(target=self._read_loop, name="subproc_executor-reader", daemon=True)
         self._thread.start()
-        logger.info("started sidecar pid %d: %s", self.pid, " ".join(argv))
+        logger.info("started sidecar pid %d", self.pid)
 
     # -- reader thread ---------------------------------------------------------
 
@@ -172,7 +189,7 @@ class SidecarProcess:
         sel.register(self._read_fd, selectors.EVENT_READ, "frames")
         if self.proc.stderr is not None:
             sel.register(self.proc.stderr.fileno(), selectors.EVENT_READ, "output")
-        pidfd = self._open_pidfd()
+        pidfd = open_pidfd(self.pid)
         if pidfd is None:
             # No pidfd (not Linux, or an old kernel): a waiter thread turns
             # the exit into a byte on a pipe the selector watches.
@@ -226,11 +243,17 @@ class SidecarProcess:
     def _deliver(self, frames: list[Frame]) -> None:
         for f in frames:
             if f.kind is MessageKind.HELLO:
-                self.hello = json.loads(f.payload)
+                try:
+                    self.hello = Hello.decode(f.payload)
+                except ProtocolError as exc:
+                    logger.warning("sidecar pid %d sent a malformed HELLO: %s", self.pid, exc)
             elif f.kind is MessageKind.BYE:
                 self._said_bye = True
             elif f.kind is MessageKind.FATAL:
-                self._fatal = f.payload.decode(errors="replace")
+                try:
+                    self._fatal = Fatal.decode(f.payload).message
+                except ProtocolError as exc:
+                    self._fatal = f"(a malformed FATAL frame: {exc})"
                 logger.error("sidecar pid %d: %s", self.pid, self._fatal)
         self._on_frames(frames)
 
@@ -271,16 +294,6 @@ class SidecarProcess:
         self._tail.extend(line.decode(errors="replace") for line in lines)
         return True
 
-    def _open_pidfd(self) -> int | None:
-        pidfd_open = getattr(os, "pidfd_open", None)
-        if pidfd_open is None:
-            return None
-        try:
-            fd: int = pidfd_open(self.pid)
-        except OSError:
-            return None
-        return fd
-
     def _wait_exit(self, exit_w: int) -> None:
         """Where pidfd is missing: wait for the exit, then close ``exit_w``,
         which the reader sees as its exit pipe becoming readable (EOF)."""
@@ -319,7 +332,7 @@ class SidecarProcess:
             reason=reason,
             output_tail=self.output_tail(),
             cause=cause,
-            started=bool(self.hello),
+            started=self.hello is not None,
         )
         try:
             self._on_lost(end)
@@ -339,21 +352,6 @@ class SidecarProcess:
             except OSError:
                 return ""
         return "\n".join(self._tail)
-
-    def send(self, kind: MessageKind, job_id: int = 0, payload: bytes = b"", *, block: bool = True) -> bool:
-        """Send a frame; False if the sidecar is gone (its loss is reported separately)."""
-        try:
-            self.writer.send(kind, job_id, payload, block=block)
-        except PipeClosed:
-            return False
-        return True
-
-    def send_many(self, items: list[tuple[MessageKind, int, bytes]], *, block: bool = True) -> bool:
-        try:
-            self.writer.send_many(items, block=block)
-        except PipeClosed:
-            return False
-        return True
 
     def kill(self) -> None:
         """Kill the sidecar now; the reader thread reports the loss."""

@@ -1,11 +1,14 @@
-"""The sidecar: ``python -m subproc_executor.sidecar --read-fd R --write-fd W ...``.
+"""The sidecar's main loop: frames from the parent in, jobs to the backend, outcomes out.
 
-A small, clean interpreter between the parent and the workers. It reads
-frames from the parent, hands jobs to the backend's pool as opaque bytes, and
-writes the workers' outcome bytes back. It never unpickles a user payload, so
-it needs none of the user's modules, and it stays single-threaded until its
-workers exist (the backend starts them before anything else runs), so forking
-them copies no lock held by another thread.
+    parent --SUBMIT/CANCEL/QUIESCE/WAKEUP/SHUTDOWN--> main loop (this module)
+                                                      scheduler: waiting -> batches
+                                                      backend.submit(batch, on_done)
+    parent <--RESULT------------------------------- on_done (backend thread)
+    parent <--JOB_ERROR/STATUS/WORKERS------------- main loop, via the writer's helper
+    workers --start records (notify pipe)---------> main loop: which job runs where
+
+It never unpickles a user payload, so it needs none of the user's modules,
+and it forks workers only while no other thread of its own is alive.
 
 Threads here: the main loop (reads frames, dispatches, runs timers), the
 backend's own threads, which call ``_on_done`` and write RESULT frames
@@ -24,29 +27,35 @@ for an EOF that never comes because some other process holds the pipe).
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
-import multiprocessing
 import os
 import selectors
-import signal
 import struct
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Final
 
-from ._job import SIDECAR_PID_ENV, START_RECORD
-from ._scheduler import MAX_BATCH_JOBS, Batch, Scheduler
-from .backends import Backend, BackendConfig, OnDone, load_backend
-from .errors import WorkerDiedError
-from .protocol import Frame, FrameDecoder, MessageKind, ProtocolError
-from .transport import FrameWriter, PipeClosed, read_frames
+from ..errors import WorkerDiedError
+from ..wire.fdtools import WakePipe
+from ..wire.messages import (
+    START_RECORD_SIZE,
+    Fatal,
+    JobError,
+    JobErrorKind,
+    Shutdown,
+    StartRecord,
+    Status,
+    Workers,
+)
+from ..wire.protocol import Frame, FrameDecoder, MessageKind, ProtocolError
+from ..wire.transport import FrameWriter, read_frames
+from .backends import Backend, OnDone
+from .scheduler import Batch, Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +78,12 @@ _SHARED_MONOTONIC: Final = sys.platform.startswith("linux")
 _CONN_HEADER: Final = struct.Struct("!i")
 
 
-class Sidecar:
+class SidecarLoop:
     """The main loop. Lives on the sidecar's main thread."""
 
     def __init__(
         self,
+        *,
         read_fd: int,
         writer: FrameWriter,
         backend: Backend,
@@ -87,7 +97,7 @@ class Sidecar:
         self._read_fd = read_fd
         self._writer = writer
         self._backend = backend
-        self._jobs = scheduler
+        self._scheduler = scheduler
         self._notify = notify_reader
         self._notify_buf = b""
         # Worker pids seen in start records, to notice replacements.
@@ -101,12 +111,10 @@ class Sidecar:
         self._failures_lock = threading.Lock()
         self._quiesced = False
         self._quiesce_requested = False
-        self._shutdown: dict[str, object] | None = None
+        self._shutdown: Shutdown | None = None
         self._last_activity = time.monotonic()
         self._next_status = math.inf if status_interval is None else time.monotonic() + status_interval
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        os.set_blocking(self._wake_r, False)
+        self._wake_pipe = WakePipe()
 
     # -- backend callbacks (backend threads) ---------------------------------
 
@@ -124,17 +132,17 @@ class Sidecar:
                         self._failures.append((batch, outcome))
                     self._wake()
                 else:
-                    try:
-                        results = zip(batch.job_ids, outcome, strict=True)
-                        self._writer.send_many((MessageKind.RESULT, job_id, out) for job_id, out in results)
-                    except PipeClosed:
-                        pass  # the parent is gone; the main loop sees EOF
-                    self._jobs.done(batch)
+                    results = zip(batch.job_ids, outcome, strict=True)
+                    # False if the parent is gone; the main loop sees EOF.
+                    self._writer.try_send_many((MessageKind.RESULT, job_id, out) for job_id, out in results)
+                    self._scheduler.done(batch)
                     # Wake the loop only if it has jobs to hand out, or must
                     # start the idle clock. Start records pile up meanwhile,
                     # at most one per job in the parent's window, far below a
                     # pipe's capacity.
-                    if self._jobs.has_waiting() or (self._idle_timeout is not None and self._jobs.idle):
+                    if self._scheduler.has_waiting() or (
+                        self._idle_timeout is not None and self._scheduler.idle
+                    ):
                         self._wake()
             except BaseException:
                 logger.exception("reporting jobs %s failed", batch.job_ids)
@@ -142,10 +150,7 @@ class Sidecar:
         return on_done
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # already has unread wakeups: the loop will run
+        self._wake_pipe.wake()
 
     # -- main loop -------------------------------------------------------------
 
@@ -153,7 +158,7 @@ class Sidecar:
         """Serve until shutdown or the parent's death; the exit status."""
         sel = selectors.DefaultSelector()
         sel.register(self._read_fd, selectors.EVENT_READ, "parent")
-        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        sel.register(self._wake_pipe.fileno(), selectors.EVENT_READ, "wake")
         next_poll = time.monotonic() + _PARENT_POLL_SECONDS
         # Jobs may have arrived with INIT, before the loop: hand them out first.
         self._dispatch()
@@ -161,7 +166,7 @@ class Sidecar:
             timeout = max(0.0, min(next_poll, self._next_timer()) - time.monotonic())
             for key, _ in sel.select(timeout):
                 if key.data == "wake":
-                    _drain_pipe(self._wake_r)
+                    self._wake_pipe.drain()
                     continue
                 try:
                     frames = read_frames(self._read_fd, self._decoder)
@@ -195,11 +200,11 @@ class Sidecar:
         for frame in frames:
             kind = frame.kind
             if kind is MessageKind.SUBMIT:
-                self._jobs.add(frame.job_id, frame.payload)
+                self._scheduler.add(frame.job_id, frame.payload)
             elif kind is MessageKind.CANCEL:
-                if self._jobs.cancel(frame.job_id):
+                if self._scheduler.cancel(frame.job_id):
                     self._send_job_error(
-                        frame.job_id, {"kind": "cancelled", "message": f"job {frame.job_id} was cancelled"}
+                        frame.job_id, JobError(JobErrorKind.CANCELLED, f"job {frame.job_id} was cancelled")
                     )
             elif kind is MessageKind.QUIESCE:
                 self._quiesce_requested = True
@@ -207,26 +212,30 @@ class Sidecar:
                 self._quiesce_requested = False
                 self._wakeup()
             elif kind is MessageKind.SHUTDOWN:
-                self._shutdown = json.loads(frame.payload or b"{}")
+                try:
+                    self._shutdown = Shutdown.decode(frame.payload)
+                except ProtocolError as exc:
+                    logger.error("malformed SHUTDOWN from the parent (%s); stopping the workers now", exc)
+                    self._shutdown = Shutdown(kill=True)
             else:
                 logger.warning("ignoring unexpected %s frame from the parent", kind.name)
         self._last_activity = time.monotonic()
 
     def _dispatch(self) -> None:
         """Hand waiting jobs to the backend."""
-        if not self._jobs.has_waiting():
+        if not self._scheduler.has_waiting():
             return
         if self._quiesced:
             self._wakeup()
-        for batch in self._jobs.next_batches():
+        for batch in self._scheduler.next_batches():
             try:
                 self._backend.submit(batch.job_ids, batch.payloads, self._on_done_factory(batch))
             except Exception as exc:
                 logger.exception("backend refused jobs %s", batch.job_ids)
-                self._jobs.unsent(batch)
+                self._scheduler.unsent(batch)
                 for job_id in batch.job_ids:
                     self._send_job_error(
-                        job_id, {"kind": "backend", "message": f"the backend refused the job: {exc!r}"}
+                        job_id, JobError(JobErrorKind.BACKEND, f"the backend refused the job: {exc!r}")
                     )
 
     def _read_start_records(self) -> None:
@@ -252,9 +261,9 @@ class Sidecar:
             (n,) = _CONN_HEADER.unpack_from(buf, pos)
             if len(buf) - pos - 4 < n:
                 break
-            if n == START_RECORD.size:
-                job_id, pid, when = START_RECORD.unpack_from(buf, pos + 4)
-                self._jobs.started(job_id, pid, when if _SHARED_MONOTONIC else now)
+            if n == START_RECORD_SIZE:
+                job_id, pid, when = StartRecord.decode(buf, pos + 4)
+                self._scheduler.started(job_id, pid, when if _SHARED_MONOTONIC else now)
                 if pid not in self._known_pids:
                     self._known_pids.add(pid)
                     new_worker = True
@@ -266,7 +275,7 @@ class Sidecar:
             self._send_workers()
 
     def _handle_failures(self) -> None:
-        """Judge failed batches (see _scheduler); reset a broken pool once."""
+        """Judge failed batches (see scheduler); reset a broken pool once."""
         while True:
             with self._failures_lock:
                 if not self._failures:
@@ -277,10 +286,12 @@ class Sidecar:
             # others may still be alive and healthy, so there is nothing to wait for.
             exitcodes = self._backend.worker_exitcodes() if died is not None else self._settled_exitcodes()
             error = f"{type(exc).__name__}: {exc}"
-            for failure in self._jobs.failed(batch, exitcodes, error, died.pid if died is not None else None):
-                self._send_job_error(failure.job_id, failure.info)
-            if batch.generation == self._jobs.generation:
-                self._jobs.new_generation()
+            for failure in self._scheduler.failed(
+                batch, exitcodes, error, died.pid if died is not None else None
+            ):
+                self._send_job_error(failure.job_id, failure.error)
+            if batch.generation == self._scheduler.generation:
+                self._scheduler.new_generation()
                 logger.warning("pool broke (%s); starting a new one", error)
                 try:
                     self._start_pool(self._backend.reset)
@@ -297,7 +308,7 @@ class Sidecar:
         "unknown" into the real exit status that names the culprit.
         """
         deadline = time.monotonic() + _EXIT_SETTLE_SECONDS
-        suspects = set(self._jobs.running_pids().values())
+        suspects = set(self._scheduler.running_pids().values())
         while True:
             try:
                 codes = self._backend.worker_exitcodes()
@@ -318,13 +329,10 @@ class Sidecar:
     def _run_timers(self, now: float) -> None:
         if self._status_interval is not None and now >= self._next_status:
             self._next_status = now + min(self._status_interval, _STATUS_TICK_SECONDS)
-            for job_id, elapsed, pid in self._jobs.overdue(now, self._status_interval):
-                info = {"elapsed": round(elapsed, 3), "pid": pid}
-                try:
-                    self._writer.send(MessageKind.STATUS, job_id, json.dumps(info).encode(), block=False)
-                except PipeClosed:
-                    pass
-        if not self._jobs.idle:
+            for job_id, elapsed, pid in self._scheduler.overdue(now, self._status_interval):
+                status = Status(elapsed=round(elapsed, 3), pid=pid)
+                self._writer.try_send(MessageKind.STATUS, job_id, status.encode(), block=False)
+        if not self._scheduler.idle:
             self._last_activity = now
         elif not self._quiesced and (
             self._quiesce_requested
@@ -344,160 +352,33 @@ class Sidecar:
     def _start_pool(self, start: Callable[[], None]) -> None:
         """Start (or reset) the pool with no thread of ours alive.
 
-        A fork copies only the calling thread; the sidecar forks workers only
-        while no other thread of its own exists (DESIGN.md), so the writer's
-        helper thread is stopped first. It restarts on the next send that
-        needs it. The backends join their own pool threads before this.
+        A fork copies only the calling thread, and locks the others hold stay
+        held in the child; so the sidecar forks workers only while no other
+        thread of its own exists, and the writer's helper thread is stopped
+        first. It restarts on the next send that needs it. The backends join
+        their own pool threads before this.
         """
         self._writer.stop_helper()
         start()
 
     def _finish(self) -> int:
-        opts = self._shutdown or {}
-        self._backend.shutdown(kill=bool(opts.get("kill", False)))
-        try:
-            self._writer.send(MessageKind.BYE)
-        except PipeClosed:
-            pass
+        self._backend.shutdown(kill=self._shutdown is not None and self._shutdown.kill)
+        self._writer.try_send(MessageKind.BYE)
         return 0
 
     # -- frames to the parent (never blocking the main loop) ------------------
 
-    def _send_job_error(self, job_id: int, info: dict[str, object]) -> None:
-        try:
-            self._writer.send(MessageKind.JOB_ERROR, job_id, json.dumps(info).encode(), block=False)
-        except PipeClosed:
-            pass
+    def _send_job_error(self, job_id: int, error: JobError) -> None:
+        self._writer.try_send(MessageKind.JOB_ERROR, job_id, error.encode(), block=False)
 
     def _send_workers(self) -> None:
         try:
             pids = self._backend.worker_pids()
         except Exception:
             pids = []
-        info = {"worker_pids": pids, "quiesced": self._quiesced}
-        try:
-            self._writer.send(MessageKind.WORKERS, 0, json.dumps(info).encode(), block=False)
-        except PipeClosed:
-            pass
+        workers = Workers(worker_pids=tuple(pids), quiesced=self._quiesced)
+        self._writer.try_send(MessageKind.WORKERS, 0, workers.encode(), block=False)
 
     def _fatal(self, message: str) -> None:
         logger.error("%s", message)
-        try:
-            self._writer.send(MessageKind.FATAL, 0, message.encode(), block=False)
-        except PipeClosed:
-            pass
-
-
-def _drain_pipe(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m subproc_executor.sidecar", description=__doc__.splitlines()[0]
-    )
-    p.add_argument("--read-fd", type=int, required=True, help="frames from the parent")
-    p.add_argument("--write-fd", type=int, required=True, help="frames to the parent")
-    p.add_argument("--parent-pid", type=int, required=True, help="exit if our parent is no longer this pid")
-    p.add_argument("--backend", default="process")
-    p.add_argument("--max-workers", type=int, required=True)
-    p.add_argument("--start-method", default=None)
-    p.add_argument("--max-tasks-per-child", type=int, default=None)
-    p.add_argument("--pickler", required=True)
-    p.add_argument("--idle-timeout", type=float, default=None)
-    p.add_argument("--status-interval", type=float, default=None)
-    p.add_argument("--log-level", default="WARNING")
-    return p.parse_args(argv)
-
-
-def _read_init(fd: int, decoder: FrameDecoder) -> tuple[bytes | None, list[Frame]]:
-    """Block for the INIT frame; return its payload and any frames after it."""
-    frames: list[Frame] = []
-    while not frames:
-        got = read_frames(fd, decoder)
-        if got is None:
-            raise SystemExit(0)  # parent died before saying anything
-        frames.extend(got)
-    first = frames.pop(0)
-    if first.kind is not MessageKind.INIT:
-        raise ProtocolError(f"expected INIT as the first frame, got {first.kind.name}")
-    # INIT payload: one line of JSON settings, then the opaque initializer bytes.
-    header, _, initializer = first.payload.partition(b"\n")
-    settings = json.loads(header or b"{}")
-    if "authkey" in settings:
-        # Workers inherit it, so multiprocessing.Manager proxies made by the
-        # parent authenticate from inside jobs as they do in stdlib workers.
-        multiprocessing.current_process().authkey = bytes.fromhex(settings["authkey"])
-    return (initializer or None), frames
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format=f"subproc_executor sidecar[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
-    )
-    os.environ[SIDECAR_PID_ENV] = str(os.getpid())
-    # Ctrl-C in a terminal reaches the whole foreground group; the parent
-    # decides what it means for the pool, and our EOF follows its exit.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if os.getppid() != args.parent_pid:
-        return 0  # the parent died while we started
-    writer = FrameWriter(args.write_fd, name="subproc_executor-sidecar-writer")
-    try:
-        decoder = FrameDecoder()
-        initializer, early = _read_init(args.read_fd, decoder)
-        notify_reader, notify_writer = multiprocessing.Pipe(duplex=False)
-        os.set_blocking(notify_reader.fileno(), False)
-        config = BackendConfig(
-            max_workers=args.max_workers,
-            start_method=args.start_method,
-            max_tasks_per_child=args.max_tasks_per_child,
-            pickler=args.pickler,
-            initializer=initializer,
-            close_fds=(args.read_fd, args.write_fd, notify_reader.fileno()),
-            notify=notify_writer,
-        )
-        backend = load_backend(args.backend, config)
-        backend.start()
-    except SystemExit:
-        raise
-    except BaseException as exc:
-        message = f"backend {args.backend!r} failed to start: {type(exc).__name__}: {exc}"
-        logger.exception("%s", message)
-        try:
-            writer.send(MessageKind.FATAL, 0, message.encode())
-        except PipeClosed:
-            pass
-        return 2
-    hello = {
-        "pid": os.getpid(),
-        "backend": args.backend,
-        "python": sys.version.split()[0],
-        "worker_pids": backend.worker_pids(),
-    }
-    writer.send(MessageKind.HELLO, 0, json.dumps(hello).encode())
-    sidecar = Sidecar(
-        args.read_fd,
-        writer,
-        backend,
-        Scheduler(args.max_workers, max_batch_jobs=1 if args.max_tasks_per_child else MAX_BATCH_JOBS),
-        notify_reader,
-        args.parent_pid,
-        args.idle_timeout,
-        args.status_interval,
-        decoder,
-    )
-    sidecar.handle(early)
-    try:
-        return sidecar.run()
-    finally:
-        writer.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        self._writer.try_send(MessageKind.FATAL, 0, Fatal(message).encode(), block=False)

@@ -9,7 +9,8 @@ Some threads must never block on a full pipe, or the two processes can
 deadlock, each waiting for the other to read: the parent's reader thread,
 and the sidecar's main loop. They call ``send(..., block=False)``: their
 frames are queued, and if nobody is writing, a helper thread (started on
-first need, named ``subproc_executor-writer``) drains the queue for them.
+first need, named by the owner: ``subproc_executor-writer`` in the parent,
+``subproc_executor-sidecar-writer`` in the sidecar) drains the queue for them.
 
 ``read_frames`` is one non-blocking-friendly read step for the reading side.
 """
@@ -64,6 +65,21 @@ class FrameWriter:
     def send(self, kind: MessageKind, job_id: int = 0, payload: bytes = b"", *, block: bool = True) -> None:
         """Send one frame. Raises PipeClosed once the peer is gone."""
         self.send_many(((kind, job_id, payload),), block=block)
+
+    def try_send(
+        self, kind: MessageKind, job_id: int = 0, payload: bytes = b"", *, block: bool = True
+    ) -> bool:
+        """``send``, but False instead of PipeClosed: for a sender whose peer's
+        death is noticed and reported elsewhere (EOF on the other pipe)."""
+        return self.try_send_many(((kind, job_id, payload),), block=block)
+
+    def try_send_many(self, items: Iterable[tuple[MessageKind, int, bytes]], *, block: bool = True) -> bool:
+        """``send_many``, but False instead of PipeClosed."""
+        try:
+            self.send_many(items, block=block)
+        except PipeClosed:
+            return False
+        return True
 
     def send_many(self, items: Iterable[tuple[MessageKind, int, bytes]], *, block: bool = True) -> None:
         """Queue frames atomically (in order, not interleaved with other

@@ -1,0 +1,225 @@
+"""SubprocExecutor: a ProcessPoolExecutor whose pool lives in a sidecar process.
+
+Data flow:
+
+|================= parent process =================|==== sidecar ====|=== workers ===|
+
+ submit(fn, *args)
+   pickle (fn, args, kwargs) in the caller's thread
+   supervisor: job table, queued -> in flight (window)
+   FrameWriter ============== SUBMIT =======> main loop
+                                              scheduler -> batches -> backend pool
+                                                                   run_batch():
+                                                                   loads, call, dumps
+ reader thread <============ RESULT ======== backend thread <====== outcome bytes
+   decode outcome, resolve future,
+   move queued jobs into the window
+ reader sees EOF / sidecar exit --> in-flight futures fail with SidecarDiedError;
+                                    queued ones go to a new sidecar (or fail: restart=False)
+
+This module is the public face only: argument checking is ``settings``, the
+job bookkeeping ``jobtable``, the sidecar and its frames ``supervisor``.
+``submit()`` pickles the job in the caller's thread, so a pickling error fails
+that job at once, as in the stdlib. The sidecar and the backends are never
+imported here: they are named by string.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as FuturesTimeoutError
+from typing import Any, ParamSpec, TypeVar, cast
+
+from ..stats import ExecutorStatistics, SlowJobReport
+from ..wire.messages import SIDECAR_PID_ENV
+from ..wire.protocol import MessageKind
+from ..worker.job import call_chunk
+from .launcher import sidecar_env
+from .settings import make_settings
+from .supervisor import Supervisor
+
+__all__ = ["SubprocExecutor"]
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+_live_cores: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_at_exit() -> None:
+    """At interpreter exit, let queued jobs finish as the stdlib does, then stop sidecars."""
+    for core in list(_live_cores):
+        try:
+            core.shutdown(wait=True, cancel_futures=False)
+        except Exception:
+            logger.exception("shutting an executor down at exit failed")
+
+
+class SubprocExecutor(Executor):
+    """An Executor that runs calls in a pool of processes kept by a sidecar.
+
+    A drop-in for ``concurrent.futures.ProcessPoolExecutor``: same constructor,
+    same ``submit``/``map``/``shutdown``, real ``concurrent.futures.Future``
+    objects. Differences are all additions: callables travel by value when they
+    must (lambdas, closures, ``__main__``), a worker that dies fails only the
+    jobs it took down, and a dead sidecar is replaced.
+
+    Args:
+        max_workers: processes in the pool; default as ``ProcessPoolExecutor``.
+        mp_context: a ``multiprocessing`` context or start method name
+            ("fork", "forkserver", "spawn") for the pool *inside the sidecar*.
+            Default: fork from the sidecar, which is small and single-threaded
+            (forkserver when ``max_tasks_per_child`` is set, as fork cannot be).
+        initializer, initargs: called in every worker at start.
+        max_tasks_per_child: jobs a worker runs before it is replaced.
+        backend: "process" (the stdlib pool), "loky", a registered entry point
+            name, or "module:attr".
+        pickler: an importable object with ``dumps``/``loads``; default pickle
+            with a cloudpickle fallback.
+        restart: start a new sidecar when one dies (default); False makes the
+            executor broken instead.
+        log_path: write the sidecar's and workers' output to this file instead
+            of the parent's stderr.
+        idle_timeout: seconds without jobs after which the workers are
+            released (the sidecar stays); the next job starts them again.
+        status_interval: report each job running longer than this many
+            seconds (a WARNING log record and ``on_status``), once per interval.
+        on_status: called with a ``SlowJobReport`` on the reader thread; keep it quick.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        backend: str = "process",
+        pickler: object = None,
+        restart: bool = True,
+        log_path: str | os.PathLike[str] | None = None,
+        idle_timeout: float | None = None,
+        status_interval: float | None = None,
+        on_status: Callable[[SlowJobReport], object] | None = None,
+    ) -> None:
+        if os.environ.get(SIDECAR_PID_ENV) == str(os.getpid()):
+            raise RuntimeError(
+                "SubprocExecutor cannot be created inside its own sidecar process; create it in the "
+                "parent or inside a job"
+            )
+        settings = make_settings(
+            max_workers=max_workers,
+            mp_context=mp_context,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=max_tasks_per_child,
+            backend=backend,
+            pickler=pickler,
+            restart=restart,
+            log_path=log_path,
+            idle_timeout=idle_timeout,
+            status_interval=status_interval,
+            on_status=on_status,
+        )
+        self._max_workers = settings.max_workers  # read by Dask, as on ProcessPoolExecutor
+        self._pickler = settings.pickler
+        self._core = Supervisor(settings, sidecar_env())
+        _live_cores.add(self._core)
+        with self._core.lock:
+            self._core.ensure_sidecar_locked()
+        # Shut the sidecar down if this executor is dropped without shutdown().
+        weakref.finalize(self, self._core.shutdown, False, False)
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)``; return a Future for its result.
+
+        The call is pickled here, so a function or argument that cannot be
+        pickled fails this future at once (and nothing else).
+        """
+        try:
+            payload = self._pickler.dumps((fn, args, kwargs))
+        except (Exception, SystemExit) as exc:  # a __reduce__ may raise anything; the job fails alone
+            return self._core.fail_unpicklable(exc)
+        return self._core.submit_payload(payload)
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """Like ``ProcessPoolExecutor.map``: results in order, ``timeout``
+        counted from this call, a job's exception raised when its result is
+        reached, items sent ``chunksize`` at a time."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        chunks = _chunks(iterables, chunksize)
+        futures = cast("list[Future[list[T]]]", [self.submit(call_chunk, fn, chunk) for chunk in chunks])
+        return _result_iterator(futures, end_time)
+
+    def quiesce(self) -> None:
+        """Release the workers once the jobs already sent finish. The sidecar
+        stays; the next job (or ``wakeup()``) starts workers again. Jobs
+        submitted meanwhile are never lost."""
+        self._core.control(MessageKind.QUIESCE)
+
+    def wakeup(self) -> None:
+        """Start the workers now (after ``quiesce()`` or an idle timeout)."""
+        self._core.control(MessageKind.WAKEUP)
+
+    def statistics(self) -> ExecutorStatistics:
+        """A frozen snapshot of the executor's counters and processes."""
+        return self._core.statistics()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting jobs; let the pending ones finish unless cancelled.
+
+        ``wait=True`` returns once every job has finished and the sidecar and
+        its workers have exited (a sidecar that does not exit is killed after
+        a grace period).
+        """
+        self._core.shutdown(wait, cancel_futures)
+
+
+def _chunks(iterables: tuple[Iterable[Any], ...], chunksize: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
+    it = zip(*iterables, strict=False)  # map stops at the shortest, as builtin map does
+    while True:
+        chunk = tuple(itertools.islice(it, chunksize))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _result_iterator(futures: list[Future[list[T]]], end_time: float | None) -> Iterator[T]:
+    """Yield results in order; cancel what is left if the consumer stops or a job fails."""
+    futures.reverse()  # pop() from the end is O(1)
+    try:
+        while futures:
+            fut = futures[-1]
+            if end_time is None:
+                chunk = fut.result()
+            else:
+                remaining = end_time - time.monotonic()
+                if remaining <= 0 and not fut.done():
+                    raise FuturesTimeoutError()
+                chunk = fut.result(max(0.0, remaining))
+            futures.pop()
+            del fut
+            yield from chunk
+    finally:
+        for fut in futures:
+            fut.cancel()

@@ -1,0 +1,161 @@
+"""The parent's job table: queued jobs, the in-flight window, the counters.
+
+No I/O, no threads, no lock of its own: the supervisor holds its lock around
+every call, and does the sending and the resolving. So the policy here (what
+may be sent now, how big the window is, what each counter means) is tested on
+its own, like the sidecar's scheduler.
+
+    submit --> queued (futures PENDING; cancel() works)
+                 |  take_sendable(): while len(inflight) < window
+                 v
+               inflight (futures RUNNING) --finish(job_id)--> resolved by the caller
+                 |  take_inflight(): the sidecar died
+                 v
+               failed by the caller
+
+The window bounds jobs sent but unfinished, as the stdlib bounds its call
+queue. A bigger one lets the sidecar batch more and keeps workers busy across
+the round trip; a smaller one lets ``Future.cancel()`` succeed for more of
+the queued jobs. So it adapts: it starts at ``max_workers + 1``, as the
+stdlib's call queue, and grows to hold about ``WINDOW_TARGET_SECONDS`` of work
+at the measured completion rate, at most ``MAX_EXTRA_PER_WORKER`` jobs per
+worker more. Slow jobs (where cancelling matters) keep it at the stdlib's
+size; a flood of tiny jobs (finished before anyone could cancel them) opens it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = ["Job", "JobTable"]
+
+WINDOW_TARGET_SECONDS: Final = 0.002
+MAX_EXTRA_PER_WORKER: Final = 32
+# How often the completion rate is measured.
+RATE_PERIOD_SECONDS: Final = 0.01
+
+
+@dataclass(slots=True)
+class Job:
+    """One submitted call: its id on the wire, its future, its bytes until sent."""
+
+    job_id: int
+    future: Future[Any]
+    payload: bytes
+
+
+class JobTable:
+    """Jobs between ``submit`` and their future's resolution. Caller holds the lock."""
+
+    def __init__(self, max_workers: int, *, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._base_window = max_workers + 1
+        self.window = self._base_window
+        self._max_window = max_workers * (1 + MAX_EXTRA_PER_WORKER)
+        self._rate_count = 0
+        self._rate_since = clock()
+        self._ids = itertools.count(1)
+        # Waiting in the parent, oldest first; futures PENDING (or cancelled).
+        self.queued: deque[Job] = deque()
+        # Sent to the current sidecar and not yet answered; futures RUNNING.
+        self.inflight: dict[int, Job] = {}
+        # Counters for statistics(): counted where futures are resolved.
+        self.submitted = 0
+        self.done = 0
+        self.failed = 0
+        self.cancelled = 0
+
+    # -- jobs in ---------------------------------------------------------------
+
+    def new_id(self) -> int:
+        """The next job id; every submit takes one, even one that fails at once."""
+        self.submitted += 1
+        return next(self._ids)
+
+    def enqueue(self, job: Job) -> None:
+        self.queued.append(job)
+
+    # -- to the sidecar --------------------------------------------------------
+
+    def take_sendable(self) -> list[Job]:
+        """Move queued jobs into the window; their futures become RUNNING.
+        A job cancelled while queued is dropped and counted: it never runs."""
+        out: list[Job] = []
+        while self.queued and len(self.inflight) < self.window:
+            job = self.queued.popleft()
+            if not job.future.set_running_or_notify_cancel():
+                self.cancelled += 1
+                continue
+            self.inflight[job.job_id] = job
+            out.append(job)
+        return out
+
+    def unsend(self, jobs: list[Job]) -> None:
+        """Jobs taken for sending that never reached the pipe: forget they were sent.
+        Their futures stay RUNNING; the caller fails them."""
+        for job in jobs:
+            self.inflight.pop(job.job_id, None)
+
+    # -- back from the sidecar -------------------------------------------------
+
+    def finish(self, job_id: int) -> Job | None:
+        """The in-flight job answered (None if unknown: already failed elsewhere)."""
+        job = self.inflight.pop(job_id, None)
+        if job is not None:
+            self._count_completion()
+        return job
+
+    def take_inflight(self) -> list[Job]:
+        """Every in-flight job (their sidecar is gone)."""
+        jobs = list(self.inflight.values())
+        self.inflight.clear()
+        return jobs
+
+    def take_queued(self) -> list[Job]:
+        """Every queued job that was not cancelled (the executor broke)."""
+        jobs = [j for j in self.queued if not j.future.cancelled()]
+        self.cancelled += len(self.queued) - len(jobs)
+        self.queued.clear()
+        return jobs
+
+    def cancel_queued(self) -> list[Job]:
+        """Take every queued job for ``shutdown(cancel_futures=True)``; counted cancelled."""
+        jobs = list(self.queued)
+        self.cancelled += len(jobs)
+        self.queued.clear()
+        return jobs
+
+    # -- outcomes ----------------------------------------------------------------
+
+    def count(self, *, ok: bool) -> None:
+        """One future resolved: with a result (ok) or an exception."""
+        if ok:
+            self.done += 1
+        else:
+            self.failed += 1
+
+    # -- queries -------------------------------------------------------------------
+
+    @property
+    def empty(self) -> bool:
+        return not self.queued and not self.inflight
+
+    def queued_live(self) -> int:
+        """Queued jobs whose futures were not cancelled."""
+        return sum(1 for j in self.queued if not j.future.cancelled())
+
+    def _count_completion(self) -> None:
+        """Size the window from the completion rate (see the module docstring)."""
+        self._rate_count += 1
+        now = self._clock()
+        elapsed = now - self._rate_since
+        if elapsed >= RATE_PERIOD_SECONDS:
+            rate = self._rate_count / elapsed
+            self.window = min(self._max_window, self._base_window + int(rate * WINDOW_TARGET_SECONDS))
+            self._rate_count = 0
+            self._rate_since = now

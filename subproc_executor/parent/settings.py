@@ -1,0 +1,308 @@
+"""The constructor's arguments, validated once, as one record.
+
+``make_settings`` turns what the user passed to ``SubprocExecutor(...)`` into
+a frozen ``Settings``, raising the stdlib's exception types for what the
+stdlib refuses and a clear error for what a backend cannot honour. What each
+built-in backend can do lives in one typed table, ``BUILTIN_BACKENDS``; the
+sidecar receives concrete values (the backend's import path, the start
+method it resolved to) in ``messages.SidecarSettings`` and decides nothing.
+
+Backends are named by string so the parent never imports one: a built-in
+name, a name registered in the ``subproc_executor.backends`` entry point
+group, or a "module:attr" path of a backend factory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ..stats import SlowJobReport
+from ..wire.messages import SidecarSettings
+from ..worker.pickling import DEFAULT_PICKLER, Pickler, pickler_name, resolve_pickler
+
+__all__ = [
+    "BUILTIN_BACKENDS",
+    "ENTRY_POINT_GROUP",
+    "BackendSpec",
+    "Settings",
+    "check_backend",
+    "default_max_workers",
+    "known_backends",
+    "make_settings",
+    "resolve_backend",
+]
+
+ENTRY_POINT_GROUP: Final = "subproc_executor.backends"
+# Start methods of multiprocessing, and loky's own two.
+START_METHODS: Final = ("fork", "forkserver", "spawn", "loky", "loky_init_main")
+# Most jobs grouped into one backend call. Bigger amortises more per-call
+# overhead; smaller keeps a slow job from delaying the fast ones batched with it.
+MAX_BATCH_JOBS: Final = 64
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """What a built-in backend is and can honour."""
+
+    # "module:attr" of its factory; imported by the sidecar only.
+    target: str
+    # Start methods accepted by name; the first is the default.
+    start_methods: tuple[str, ...]
+    # Default when max_tasks_per_child is set (fork cannot replace workers
+    # in the stdlib pool); None: same as without.
+    start_method_with_max_tasks: str | None = None
+    # Start methods that mean another name here, and why it keeps the meaning.
+    aliases: dict[str, str] = field(default_factory=dict)
+    # Whether max_tasks_per_child is honoured, and if not, what to do instead.
+    max_tasks_per_child: bool = True
+    max_tasks_hint: str = ""
+    # The pool counts a batch of jobs as one task: with max_tasks_per_child
+    # the sidecar then sends one job per batch, as the user counts jobs.
+    batches_count_as_tasks: bool = True
+    # A package the backend needs, checked (not imported) at construction.
+    module: str | None = None
+    install: str = ""
+
+
+BUILTIN_BACKENDS: Final[dict[str, BackendSpec]] = {
+    "process": BackendSpec(
+        target="subproc_executor.sidecar.backends.process:ProcessBackend",
+        start_methods=("fork", "forkserver", "spawn"),
+        start_method_with_max_tasks="forkserver",
+        # The stdlib pool gained max_tasks_per_child in 3.11; the sidecar runs
+        # the parent's interpreter, so the parent's version decides.
+        max_tasks_per_child=sys.version_info >= (3, 11),
+        max_tasks_hint="the stdlib pool has it from Python 3.11; on 3.10 use backend='pipes'",
+    ),
+    "loky": BackendSpec(
+        target="subproc_executor.sidecar.backends.loky:LokyBackend",
+        start_methods=("loky", "loky_init_main", "forkserver", "spawn"),
+        # fork's point in a process pool is fast worker start with nothing
+        # to re-import. Inside the sidecar no method inherits the user's
+        # state, and loky's workers live beside its threads, where a bare
+        # fork is unsafe; its own "loky" method (fork+exec) is the safe
+        # equivalent, so "fork" selects it.
+        aliases={"fork": "loky"},
+        max_tasks_per_child=False,
+        max_tasks_hint="loky cannot replace a worker after N tasks; use backend='pipes'",
+        module="loky",
+        install="pip install loky",
+    ),
+    "pipes": BackendSpec(
+        target="subproc_executor.sidecar.backends.pipes:PipesBackend",
+        # A worker retires after the batch that reaches its limit, so it too
+        # gets one job per batch with max_tasks_per_child.
+        start_methods=("fork", "forkserver", "spawn"),
+    ),
+}
+
+
+def default_max_workers() -> int:
+    """What ProcessPoolExecutor picks: the usable CPUs (3.13+), else all CPUs."""
+    count = getattr(os, "process_cpu_count", os.cpu_count)()
+    return count or 1
+
+
+def _entry_point_target(name: str) -> str | None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return str(ep.value)
+    return None
+
+
+def known_backends() -> list[str]:
+    """Names ``backend=`` accepts besides "module:attr" paths."""
+    from importlib.metadata import entry_points
+
+    names = set(BUILTIN_BACKENDS)
+    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
+
+
+def resolve_backend(name: str) -> tuple[str, BackendSpec | None]:
+    """("module:attr" of the factory, its spec if built in). ValueError if unknown.
+
+    Imports nothing (entry points are metadata), so it runs at construction.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a name string, got {type(name).__name__}")
+    spec = BUILTIN_BACKENDS.get(name)
+    if spec is not None:
+        return spec.target, spec
+    target = name if ":" in name else _entry_point_target(name)
+    if target is None:
+        raise ValueError(
+            f"unknown backend {name!r}: known backends are {', '.join(known_backends())}, "
+            f"or pass 'module:attr' naming a backend factory"
+        )
+    return target, None
+
+
+def start_method_name(mp_context: Any) -> str | None:
+    """The start method named by ``mp_context`` (a context or a name), or None."""
+    if mp_context is None:
+        return None
+    if isinstance(mp_context, str):
+        name = mp_context
+    else:
+        get = getattr(mp_context, "get_start_method", None)
+        if get is None:
+            raise TypeError(
+                f"mp_context must be a multiprocessing context or a start method name, got {mp_context!r}"
+            )
+        name = get(allow_none=False)
+    if name not in START_METHODS:
+        raise ValueError(f"unsupported start method {name!r}: use one of {', '.join(START_METHODS)}")
+    return str(name)
+
+
+def check_backend(name: str, start_method: str | None, max_tasks_per_child: int | None) -> str | None:
+    """The start method backend ``name`` will use; raises for what a built-in
+    backend cannot honour. A third-party backend's options pass unchanged."""
+    spec = BUILTIN_BACKENDS.get(name)
+    if spec is None:
+        return start_method
+    if spec.module is not None and importlib.util.find_spec(spec.module) is None:
+        raise ImportError(f"backend {name!r} needs the {spec.module} package: {spec.install}")
+    if max_tasks_per_child is not None and not spec.max_tasks_per_child:
+        raise ValueError(f"backend {name!r} does not support max_tasks_per_child: {spec.max_tasks_hint}")
+    if start_method is None:
+        if max_tasks_per_child is not None and spec.start_method_with_max_tasks is not None:
+            return spec.start_method_with_max_tasks
+        return spec.start_methods[0]
+    method = spec.aliases.get(start_method, start_method)
+    if method not in spec.start_methods:
+        raise ValueError(
+            f"backend {name!r} does not support the start method {start_method!r}; "
+            f"use one of {', '.join(spec.start_methods)}"
+        )
+    return method
+
+
+def _positive_seconds(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the executor was asked for, checked; see ``SubprocExecutor``."""
+
+    max_workers: int
+    backend: str
+    backend_target: str
+    # Concrete for built-in backends; None lets a third-party backend choose.
+    start_method: str | None
+    max_tasks_per_child: int | None
+    max_batch_jobs: int
+    pickler_name: str
+    pickler: Pickler
+    # Pickled (initializer, initargs), or None.
+    initializer: bytes | None
+    restart: bool
+    log_path: str | None
+    idle_timeout: float | None
+    status_interval: float | None
+    on_status: Callable[[SlowJobReport], object] | None
+    cwd: str
+    # The parent's import path when the executor was made (absolute).
+    sys_path: tuple[str, ...]
+
+    def sidecar_settings(self) -> SidecarSettings:
+        """What crosses to the sidecar in INIT."""
+        return SidecarSettings(
+            backend=self.backend,
+            backend_target=self.backend_target,
+            max_workers=self.max_workers,
+            start_method=self.start_method,
+            max_tasks_per_child=self.max_tasks_per_child,
+            max_batch_jobs=self.max_batch_jobs,
+            pickler=self.pickler_name,
+            idle_timeout=self.idle_timeout,
+            status_interval=self.status_interval,
+            authkey=bytes(multiprocessing.current_process().authkey),
+            sys_path=self.sys_path,
+            log_level=logging.getLevelName(logging.WARNING),
+        )
+
+
+def make_settings(
+    *,
+    max_workers: int | None,
+    mp_context: Any,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+    max_tasks_per_child: int | None,
+    backend: str,
+    pickler: object,
+    restart: bool,
+    log_path: str | os.PathLike[str] | None,
+    idle_timeout: float | None,
+    status_interval: float | None,
+    on_status: Callable[[SlowJobReport], object] | None,
+) -> Settings:
+    """Validate the constructor's arguments, with the stdlib's exception types
+    where the stdlib checks the same thing. Imports no backend."""
+    if max_workers is None:
+        max_workers = default_max_workers()
+    elif max_workers <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    target, spec = resolve_backend(backend)
+    start_method = start_method_name(mp_context)
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+    if max_tasks_per_child is not None:
+        if not isinstance(max_tasks_per_child, int):
+            raise TypeError("max_tasks_per_child must be an integer")
+        if max_tasks_per_child <= 0:
+            raise ValueError("max_tasks_per_child must be >= 1")
+        if start_method == "fork":
+            raise ValueError(
+                "max_tasks_per_child is incompatible with the 'fork' multiprocessing start method; "
+                "supply a different mp_context."
+            )
+    start_method = check_backend(backend, start_method, max_tasks_per_child)
+    counts_batches = spec is None or spec.batches_count_as_tasks
+    pickler_qualname = DEFAULT_PICKLER if pickler is None else pickler_name(pickler)
+    the_pickler = resolve_pickler(pickler_qualname)
+    init_blob: bytes | None = None
+    if initializer is not None:
+        try:
+            init_blob = the_pickler.dumps((initializer, tuple(initargs)))
+        except Exception as exc:
+            raise TypeError(
+                f"initializer {initializer!r} or its initargs could not be pickled for the workers: {exc}"
+            ) from exc
+    if on_status is not None and not callable(on_status):
+        raise TypeError("on_status must be a callable taking a SlowJobReport")
+    cwd = os.getcwd()
+    return Settings(
+        max_workers=max_workers,
+        backend=backend,
+        backend_target=target,
+        start_method=start_method,
+        max_tasks_per_child=max_tasks_per_child,
+        max_batch_jobs=1 if (max_tasks_per_child is not None and counts_batches) else MAX_BATCH_JOBS,
+        pickler_name=pickler_qualname,
+        pickler=the_pickler,
+        initializer=init_blob,
+        restart=bool(restart),
+        log_path=os.fspath(log_path) if log_path is not None else None,
+        idle_timeout=_positive_seconds("idle_timeout", idle_timeout),
+        status_interval=_positive_seconds("status_interval", status_interval),
+        on_status=on_status,
+        cwd=cwd,
+        sys_path=tuple(dict.fromkeys(os.path.join(cwd, p) if p else cwd for p in sys.path)),
+    )
