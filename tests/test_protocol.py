@@ -88,11 +88,11 @@ def test_header_layout_is_pinned() -> None:
     # PROTOCOL_VERSION and docs/protocol.md, in the same commit.
     assert HEADER_SIZE == 20
     assert MAGIC == b"SX"
-    assert PROTOCOL_VERSION == 1
+    assert PROTOCOL_VERSION == 2
     header = encode_header(MessageKind.RESULT, 0x0102030405060708, 0x1112131415161718)
     assert header == (
         b"SX"  # magic
-        + bytes([1])  # version
+        + bytes([2])  # version
         + bytes([4])  # kind: RESULT
         + bytes.fromhex("0807060504030201")  # job_id, little-endian
         + bytes.fromhex("1817161514131211")  # length, little-endian
@@ -359,8 +359,8 @@ def test_bad_header_raises_as_soon_as_it_is_complete(
             "bad magic b'XS' (expected b'SX'): the stream is not ours or lost its framing",
         ),
         (
-            header_bytes(version=2),
-            "protocol version 2, expected 1: parent and sidecar come from different "
+            header_bytes(version=1),
+            "protocol version 1, expected 2: parent and sidecar come from different "
             "subproc_executor versions",
         ),
         (header_bytes(kind=0), "unknown message kind 0"),
