@@ -1,24 +1,39 @@
 """Moving frames over file descriptors. Knows frames, not jobs.
 
-``FrameWriter`` is shared by every thread that sends on one pipe. Writes are
-combined: the first thread to find the pipe idle becomes the writer and
-drains everything queued meanwhile in one ``os.write``/``os.writev`` per
-round, so a burst of submits costs a few syscalls instead of one each.
+``FrameWriter`` is shared by every thread that sends on one pipe. Its
+descriptor is non-blocking, so a write never stalls inside the kernel: a
+sender queues its frames (atomically, in order), and if nobody is writing it
+becomes the writer and writes what the pipe takes now. Writes are combined:
+the writer drains everything queued meanwhile in one ``os.write``/``os.writev``
+per round, so a burst of submits costs a few syscalls instead of one each.
 
-Some threads must never block on a full pipe, or the two processes can
-deadlock, each waiting for the other to read: the parent's reader thread,
-and the sidecar's main loop. They call ``send(..., block=False)``: their
-frames are queued, and if nobody is writing, a helper thread (started on
-first need, named by the owner: ``subproc_executor-writer`` in the parent,
-``subproc_executor-sidecar-writer`` in the sidecar) drains the queue for them.
+What a sender does when the pipe is full depends on who it is:
 
-``read_frames`` is one non-blocking-friendly read step for the reading side.
+* ``block=True`` (a user's thread in ``submit``): waits for room (``poll``)
+  and goes on until the queue is empty.
+* ``block=False`` (a thread that must keep reading: the parent's reader, the
+  sidecar's main loop and its backends' threads): stops at the first
+  ``EAGAIN`` and leaves the rest to a helper thread (started on first need)
+  that waits for room. So no reading thread ever waits for its peer to read,
+  and the two processes cannot deadlock each waiting for the other.
+
+A frame is never left half-written: whoever stops writing puts the unwritten
+remainder back at the head of the queue, and the next writer (or the helper)
+continues from exactly there. That holds even when a signal handler raises
+in the middle (Ctrl-C during a big ``submit``): the write and its bookkeeping
+run with signals blocked in the main thread, the only one that runs Python
+signal handlers, and an exception while waiting for room leaves the queue
+intact and hands the rest to the helper.
+
+``read_frames`` is one read step for the reading side.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
+import signal
 import threading
 import time
 from collections import deque
@@ -36,9 +51,11 @@ logger = logging.getLogger(__name__)
 READ_CHUNK_BYTES: Final = 1 << 20
 # Parts gathered per writev call; Linux caps IOV_MAX at 1024.
 _IOV_PARTS: Final = 512
-# Payloads at least this big are written from their own buffer (writev)
-# instead of being copied into a joined one.
+# Small parts are joined into one buffer before writing (one copy, one
+# iovec); parts at least this big are written from their own buffer.
 _JOIN_LIMIT_BYTES: Final = 64 * 1024
+# Signals blocked around a write and its bookkeeping in the main thread.
+_BLOCKABLE: Final = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 
 class PipeClosed(OSError):
@@ -46,21 +63,30 @@ class PipeClosed(OSError):
 
 
 class FrameWriter:
-    """Thread-safe, combining frame writer for one file descriptor."""
+    """Thread-safe, combining, never-stalling frame writer for one descriptor."""
 
     def __init__(self, fd: int, name: str = "subproc_executor-writer") -> None:
+        os.set_blocking(fd, False)
         self._fd = fd
         self._name = name
         self._lock = threading.Lock()
-        # Invariant: parts in _queue are whole frames, in send order.
-        self._queue: deque[bytes] = deque()
+        # Frames in send order; only the head may be the unwritten rest of a
+        # frame (a memoryview), which must go out before anything else.
+        self._queue: deque[bytes | memoryview] = deque()
         self._writing = False  # some thread is inside _drain
         self._closed = False
         self._error: OSError | None = None
-        self._wake = threading.Condition(self._lock)
+        self._cond = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         # A helper thread asked to exit by stop_helper().
         self._stop_thread: threading.Thread | None = None
+
+    @property
+    def fd(self) -> int:
+        """The descriptor written to (-1 once closed)."""
+        return self._fd
+
+    # -- sending -------------------------------------------------------------------
 
     def send(self, kind: MessageKind, job_id: int = 0, payload: bytes = b"", *, block: bool = True) -> None:
         """Send one frame. Raises PipeClosed once the peer is gone."""
@@ -83,7 +109,14 @@ class FrameWriter:
 
     def send_many(self, items: Iterable[tuple[MessageKind, int, bytes]], *, block: bool = True) -> None:
         """Queue frames atomically (in order, not interleaved with other
-        senders) and write them, or leave them to the writer of the moment."""
+        senders), then write them, or leave them to the writer of the moment."""
+        self.queue_many(items)
+        self.flush(block=block)
+
+    def queue_many(self, items: Iterable[tuple[MessageKind, int, bytes]]) -> None:
+        """Queue frames without writing: never blocks, never raises but
+        PipeClosed. A caller holding its own lock hands frames over with this,
+        then calls ``flush`` outside the lock."""
         parts: list[bytes] = []
         for kind, job_id, payload in items:
             parts.append(encode_header(kind, job_id, len(payload)))
@@ -93,102 +126,174 @@ class FrameWriter:
             if self._error is not None:
                 raise PipeClosed(f"pipe fd {self._fd} is closed: {self._error}") from self._error
             self._queue.extend(parts)
-            if self._writing:
-                return
-            if not block:
-                self._wake_thread_locked()
-                return
+
+    def flush(self, *, block: bool = True) -> None:
+        """Write what is queued (see the module docstring for ``block``)."""
+        with self._lock:
+            if self._error is not None:
+                raise PipeClosed(f"pipe fd {self._fd} is closed: {self._error}") from self._error
+            if self._writing or not self._queue:
+                return  # the writer of the moment takes our frames too
             self._writing = True
-        self._drain()
+        try:
+            self._drain(block)
+        except BaseException:
+            # Interrupted while waiting for room: the queue is whole; the
+            # helper finishes the frames, so the stream stays framed.
+            self._hand_over()
+            raise
         if self._error is not None:
             raise PipeClosed(f"pipe fd {self._fd} is closed: {self._error}") from self._error
 
-    def _wake_thread_locked(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
-        self._wake.notify()
+    def _hand_over(self) -> None:
+        """Stop being the writer; the helper thread carries on from the queue."""
+        with self._lock:
+            self._writing = False
+            if self._queue and self._error is None and self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
 
-    def _drain(self) -> None:
-        """Write until the queue is empty. Caller set _writing under the lock."""
+    def _drain(self, block: bool) -> None:
+        """Write queued parts until the queue is empty (or the pipe failed), or,
+        with ``block`` False, until the pipe is full: then the helper takes
+        over. The caller set ``_writing``; this clears it (under the lock, in
+        the same step that finds the queue empty, so a sender that saw a
+        writer at work never has its frames stranded) or hands it over."""
+        main = threading.current_thread() is threading.main_thread()
         while True:
             with self._lock:
                 if not self._queue or self._error is not None:
                     self._writing = False
-                    self._wake.notify_all()
+                    self._cond.notify_all()
                     return
-                parts: list[bytes] = []
+                parts: list[bytes | memoryview] = []
                 size = 0
                 while self._queue and len(parts) < _IOV_PARTS:
                     p = self._queue.popleft()
                     parts.append(p)
                     size += len(p)
+            small = size < _JOIN_LIMIT_BYTES or all(len(p) < _JOIN_LIMIT_BYTES for p in parts)
+            if len(parts) > 1 and small:
+                parts = [b"".join(parts)]
+            views = [memoryview(p) for p in parts]
             try:
-                if len(parts) == 1:
-                    self._write_all([parts[0]])
-                elif size < _JOIN_LIMIT_BYTES or all(len(p) < _JOIN_LIMIT_BYTES for p in parts):
-                    self._write_all([b"".join(parts)])
-                else:
-                    self._write_all(parts)
+                full = self._write_some(views, main)
             except OSError as exc:
                 with self._lock:
                     if self._error is None:
                         self._error = exc
                     self._queue.clear()
-                    self._writing = False
-                    self._wake.notify_all()
-                return
+                continue  # clears _writing above
+            except BaseException:
+                with self._lock:
+                    self._queue.extendleft(reversed(views))
+                raise
+            if views:
+                with self._lock:
+                    self._queue.extendleft(reversed(views))
+            if full:
+                if not block:
+                    self._hand_over()
+                    return
+                self._wait_writable()
 
-    def _write_all(self, parts: list[bytes]) -> None:
-        views = [memoryview(p) for p in parts]
+    def _write_some(self, views: list[memoryview], main: bool) -> bool:
+        """Write from ``views`` until they are empty or the pipe is full
+        (then True). ``views`` is updated to what is left, in step with every
+        byte the kernel took, even if a signal handler raises."""
         while views:
-            n = os.write(self._fd, views[0]) if len(views) == 1 else os.writev(self._fd, views)
-            while n:
-                head = views[0]
-                if n >= len(head):
-                    n -= len(head)
-                    views.pop(0)
-                else:
-                    views[0] = head[n:]
-                    n = 0
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKABLE) if main else None
+            try:
+                try:
+                    n = os.write(self._fd, views[0]) if len(views) == 1 else os.writev(self._fd, views)
+                except BlockingIOError:
+                    return True
+                while n:
+                    head = views[0]
+                    if n >= len(head):
+                        n -= len(head)
+                        views.pop(0)
+                    else:
+                        views[0] = head[n:]
+                        n = 0
+            finally:
+                if old is not None:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        return False
+
+    def _wait_writable(self) -> None:
+        """Wait until the pipe has room (or its reader is gone)."""
+        poller = select.poll()
+        poller.register(self._fd, select.POLLOUT)
+        poller.poll()
+
+    # -- the helper thread -----------------------------------------------------------
 
     def _run(self) -> None:
-        """The helper thread: writes for senders that must not block."""
+        """The helper thread: writes for senders that could not wait."""
         me = threading.current_thread()
         while True:
             with self._lock:
-                stopping = self._closed or self._stop_thread is me
-                while not stopping and (self._writing or not self._queue):
-                    self._wake.wait()
+                while True:
                     stopping = self._closed or self._stop_thread is me
-                if stopping and (self._writing or not self._queue):
-                    # Queue empty, or someone else is draining it: done.
-                    if self._stop_thread is me:
-                        self._stop_thread = None
-                    return
+                    if self._queue and not self._writing and self._error is None:
+                        break
+                    if stopping:
+                        if self._stop_thread is me:
+                            self._stop_thread = None
+                        if self._thread is me:
+                            self._thread = None
+                        return
+                    self._cond.wait()
                 self._writing = True
-            self._drain()
+            try:
+                self._drain(block=True)
+            except BaseException:
+                logger.exception("frame writer %s failed", self._name)
+                with self._lock:
+                    self._writing = False
+                    self._cond.notify_all()
 
-    def stop_helper(self) -> None:
-        """Stop the helper thread after it drains the queue; the next
-        ``send(block=False)`` that needs one starts a new one. Lets the
-        sidecar fork with no other thread alive."""
+    def stop_helper(self) -> bool:
+        """Stop the helper thread if it is idle, so the process can fork with
+        no other thread of ours alive; True if no helper is left.
+
+        Never waits for a helper that is writing: that one waits on the peer,
+        and the caller (the sidecar's main loop) must never wait on its peer.
+        The next ``send(block=False)`` that needs a helper starts a new one.
+        """
         with self._lock:
-            thread, self._thread = self._thread, None
+            thread = self._thread
             if thread is None:
-                return
+                return True
+            if self._writing or self._queue:
+                return False
             self._stop_thread = thread
-            self._wake.notify_all()
+            self._thread = None
+            self._cond.notify_all()
         thread.join()
+        return True
+
+    # -- closing ---------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the helper thread once the queue drains. Does not close the fd."""
+        """Let the helper thread exit once the queue drains; do not wait for it
+        if the peer does not read. Does not close the fd."""
         with self._lock:
             self._closed = True
-            self._wake.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            self._cond.notify_all()
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Wait (bounded) until everything queued has been written."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while (self._queue or self._writing) and self._error is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.05))
+        return True
 
     def close_fd(self, timeout: float = 5.0) -> None:
         """Refuse further sends, wait (bounded) for a write in progress, close the fd.
@@ -202,10 +307,10 @@ class FrameWriter:
                 self._error = PipeClosed("the writer was closed")
             self._queue.clear()
             self._closed = True
-            self._wake.notify_all()
+            self._cond.notify_all()
             deadline = time.monotonic() + timeout
             while self._writing and time.monotonic() < deadline:
-                self._wake.wait(0.05)
+                self._cond.wait(0.05)
             if self._writing:
                 return  # leak the fd rather than risk writing into a stranger's
             fd, self._fd = self._fd, -1
