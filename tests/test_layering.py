@@ -159,9 +159,13 @@ LAYERS: dict[str, Layer] = {
         _NO_LOKY,
         why="decodes outcome bytes and JOB_ERROR records into values or exceptions",
     ),
+    "parent.delivery": _layer(
+        never_external=f"os subprocess selectors {_NO_LOKY}",
+        why="resolves futures with done-callbacks on threads that never read a pipe",
+    ),
     "parent.supervisor": _layer(
-        "errors stats wire.messages wire.protocol parent.outcome parent.jobtable parent.launcher "
-        "parent.settings",
+        "errors stats wire.messages wire.protocol wire.transport parent.outcome parent.jobtable "
+        "parent.launcher parent.settings parent.delivery",
         _NO_LOKY,
         why="the job table, the current sidecar and the frames between them",
     ),

@@ -43,7 +43,7 @@ from ..wire.protocol import MessageKind
 from ..worker.job import call_chunk
 from .launcher import sidecar_env
 from .settings import make_settings
-from .supervisor import Supervisor
+from .supervisor import Supervisor, shutdown_all_at_exit
 
 __all__ = ["SubprocExecutor"]
 
@@ -53,17 +53,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-_live_cores: weakref.WeakSet[Supervisor] = weakref.WeakSet()
-
-
-@atexit.register
-def _shutdown_at_exit() -> None:
-    """At interpreter exit, let queued jobs finish as the stdlib does, then stop sidecars."""
-    for core in list(_live_cores):
-        try:
-            core.shutdown(wait=True, cancel_futures=False)
-        except Exception:
-            logger.exception("shutting an executor down at exit failed")
+atexit.register(shutdown_all_at_exit)
 
 
 class SubprocExecutor(Executor):
@@ -136,11 +126,12 @@ class SubprocExecutor(Executor):
         self._max_workers = settings.max_workers  # read by Dask, as on ProcessPoolExecutor
         self._pickler = settings.pickler
         self._core = Supervisor(settings, sidecar_env())
-        _live_cores.add(self._core)
         with self._core.lock:
             self._core.ensure_sidecar_locked()
         # Shut the sidecar down if this executor is dropped without shutdown().
-        weakref.finalize(self, self._core.shutdown, False, False)
+        # Not shutdown() itself: a finalizer may run inside the garbage
+        # collector on any thread, even one holding the supervisor's lock.
+        weakref.finalize(self, self._core.abandon)
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)``; return a Future for its result.
@@ -205,7 +196,11 @@ def _chunks(iterables: tuple[Iterable[Any], ...], chunksize: int) -> Iterator[tu
 
 
 def _result_iterator(futures: list[Future[list[T]]], end_time: float | None) -> Iterator[T]:
-    """Yield results in order; cancel what is left if the consumer stops or a job fails."""
+    """Yield results in order; cancel what is left if the consumer stops or a job fails.
+
+    Holds no reference to a result it has yielded (gh-14406): each chunk is
+    emptied as it is yielded, and its future is dropped before.
+    """
     futures.reverse()  # pop() from the end is O(1)
     try:
         while futures:
@@ -219,7 +214,10 @@ def _result_iterator(futures: list[Future[list[T]]], end_time: float | None) -> 
                 chunk = fut.result(max(0.0, remaining))
             futures.pop()
             del fut
-            yield from chunk
+            chunk.reverse()
+            while chunk:
+                yield chunk.pop()
+            del chunk
     finally:
         for fut in futures:
             fut.cancel()

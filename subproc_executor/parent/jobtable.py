@@ -47,6 +47,9 @@ class Job:
     job_id: int
     future: Future[Any]
     payload: bytes
+    # Sent once to a sidecar that died before starting any job: its future
+    # is RUNNING already, and it is sent again as it is.
+    resent: bool = False
 
 
 class JobTable:
@@ -88,7 +91,7 @@ class JobTable:
         out: list[Job] = []
         while self.queued and len(self.inflight) < self.window:
             job = self.queued.popleft()
-            if not job.future.set_running_or_notify_cancel():
+            if not job.resent and not job.future.set_running_or_notify_cancel():
                 self.cancelled += 1
                 continue
             self.inflight[job.job_id] = job
@@ -116,9 +119,21 @@ class JobTable:
         self.inflight.clear()
         return jobs
 
+    def requeue_unstarted(self) -> list[Job]:
+        """The sidecar died before starting any job: in-flight jobs that still
+        have their bytes go back to the front of the queue, in order, to be
+        sent again; the others (none, normally) are returned to be failed."""
+        jobs = sorted(self.inflight.values(), key=lambda j: j.job_id)
+        self.inflight.clear()
+        lost = [j for j in jobs if not j.payload]
+        for job in reversed([j for j in jobs if j.payload]):
+            job.resent = True
+            self.queued.appendleft(job)
+        return lost
+
     def take_queued(self) -> list[Job]:
         """Every queued job that was not cancelled (the executor broke)."""
-        jobs = [j for j in self.queued if not j.future.cancelled()]
+        jobs = [j for j in self.queued if j.resent or not j.future.cancelled()]
         self.cancelled += len(self.queued) - len(jobs)
         self.queued.clear()
         return jobs

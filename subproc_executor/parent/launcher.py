@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import selectors
 import subprocess
 import sys
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..errors import describe_exitcode
-from ..wire.fdtools import grow_pipe, open_pidfd
-from ..wire.messages import SIDECAR_PID_ENV, Fatal, Hello
+from ..wire.fdtools import WakePipe, grow_pipe, open_pidfd
+from ..wire.messages import SAFE_PATH_ADDED_ENV, SIDECAR_PID_ENV, Fatal, Hello
 from ..wire.protocol import Frame, FrameDecoder, MessageKind, ProtocolError
 from ..wire.transport import READ_CHUNK_BYTES, FrameWriter, read_frames
 
@@ -58,6 +59,38 @@ def sidecar_argv() -> list[str]:
     return [sys.executable, "-c", _BOOT_310]
 
 
+def open_private_log(path: str) -> int:
+    """Open ``log_path`` for appending: created private to the user (0600),
+    and never through a symlink planted at that path (which could make us
+    write into another file of the user's)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o600)
+    except OSError as exc:
+        if os.path.islink(path):
+            message = f"log_path {path!r} is a symbolic link; refusing to follow it: pass a plain file path"
+            raise OSError(exc.errno, message) from exc
+        raise
+
+
+def _write_if_room(fd: int, poller: select.poll, data: bytes) -> int:
+    """Write ``data`` to ``fd`` as far as it has room now; the bytes dropped.
+
+    A pipe or socket is polled before each write of at most PIPE_BUF bytes,
+    which then cannot block; a file or terminal always has room.
+    """
+    view = memoryview(data)
+    while view:
+        if not poller.poll(0):
+            return len(view)
+        try:
+            n = os.write(fd, view[: select.PIPE_BUF])
+        except OSError:
+            return len(view)
+        view = view[n:]
+    return 0
+
+
 def sidecar_env() -> dict[str, str]:
     """The parent's environment, with our package findable by the sidecar.
 
@@ -70,6 +103,11 @@ def sidecar_env() -> dict[str, str]:
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     env.pop(SIDECAR_PID_ENV, None)
+    if sys.version_info >= (3, 11) and "PYTHONSAFEPATH" not in env:
+        # -P for the interpreters the sidecar starts too (loky's workers run
+        # "python -m", which would put the working directory first).
+        env["PYTHONSAFEPATH"] = "1"
+        env[SAFE_PATH_ADDED_ENV] = "1"
     return env
 
 
@@ -88,6 +126,8 @@ class SidecarExit:
     cause: BaseException | None = None
     # False if it ended before saying HELLO: it could not start at all.
     started: bool = True
+    # It said FATAL: it could not go on (a backend that cannot start).
+    fatal: bool = False
 
     def describe(self) -> str:
         status = (
@@ -114,11 +154,16 @@ class SidecarProcess:
         on_lost: Callable[[SidecarExit], None],
         log_path: str | None = None,
         argv: Sequence[str] | None = None,
+        on_wake: Callable[[], None] | None = None,
     ) -> None:
         """Start the sidecar (``argv``, default ``sidecar_argv()``, then its
         descriptor arguments) and the reader thread that serves it."""
         self._on_frames = on_frames
         self._on_lost = on_lost
+        self._on_wake = on_wake
+        # wake() from any thread, even inside the garbage collector, makes the
+        # reader call on_wake: a way in that takes no lock.
+        self._wake = WakePipe()
         self._log_path = log_path
         self._tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
         self._partial_line = b""
@@ -141,18 +186,18 @@ class SidecarProcess:
             "--parent-pid",
             str(os.getpid()),
         ]
-        log_file = None
+        log_fd: int | None = None
         try:
             if log_path is not None:
-                log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+                log_fd = open_private_log(log_path)
             self.proc = subprocess.Popen(
                 full_argv,
                 stdin=subprocess.DEVNULL,
                 # Like stdlib workers, jobs print to our stdout; stderr (where
-                # tracebacks and crash reports go) is copied by the reader so
-                # its tail can be quoted when the sidecar dies.
-                stdout=log_file,
-                stderr=log_file if log_file is not None else subprocess.PIPE,
+                # tracebacks and crash reports go) is copied by the output
+                # thread so its tail can be quoted when the sidecar dies.
+                stdout=log_fd,
+                stderr=log_fd if log_fd is not None else subprocess.PIPE,
                 pass_fds=child_fds,
                 env=env,
                 cwd=cwd,
@@ -161,10 +206,11 @@ class SidecarProcess:
         except BaseException:
             for fd in (*child_fds, to_child_w, from_child_r):
                 os.close(fd)
+            self._wake.close()
             raise
         finally:
-            if log_file is not None:
-                log_file.close()
+            if log_fd is not None:
+                os.close(log_fd)
         # Drop our copies of the child's ends: otherwise our own descriptor
         # keeps the pipe open and the sidecar's death would never read as EOF.
         os.close(to_child_r)
@@ -172,8 +218,18 @@ class SidecarProcess:
         self.pid = self.proc.pid
         self._read_fd = from_child_r
         self.writer = FrameWriter(to_child_w, name="subproc_executor-writer")
-        # The INIT frame goes first, before any SUBMIT a caller may send.
-        self.writer.send(MessageKind.INIT, 0, init_payload)
+        # The INIT frame goes first, before any SUBMIT a caller may send. Not
+        # blocking: this may run on a reader thread, under the executor's lock.
+        self.writer.send(MessageKind.INIT, 0, init_payload, block=False)
+        self._output: threading.Thread | None = None
+        if self.proc.stderr is not None:
+            self._output = threading.Thread(
+                target=self._copy_output,
+                args=(self.proc.stderr.fileno(),),
+                name="subproc_executor-output",
+                daemon=True,
+            )
+            self._output.start()
         self._thread = threading.Thread(target=self._read_loop, name="subproc_executor-reader", daemon=True)
         self._thread.start()
         logger.info("started sidecar pid %d", self.pid)
@@ -187,8 +243,7 @@ class SidecarProcess:
         decoder = FrameDecoder()
         sel = selectors.DefaultSelector()
         sel.register(self._read_fd, selectors.EVENT_READ, "frames")
-        if self.proc.stderr is not None:
-            sel.register(self.proc.stderr.fileno(), selectors.EVENT_READ, "output")
+        sel.register(self._wake.fileno(), selectors.EVENT_READ, "wake")
         pidfd = open_pidfd(self.pid)
         if pidfd is None:
             # No pidfd (not Linux, or an old kernel): a waiter thread turns
@@ -216,9 +271,10 @@ class SidecarProcess:
                             running = False
                             break
                         self._deliver(frames)
-                    elif key.data == "output":
-                        if not self._pump_output(key.fd):
-                            sel.unregister(key.fd)
+                    elif key.data == "wake":
+                        self._wake.drain()
+                        if self._on_wake is not None:
+                            self._on_wake()
                     else:  # the process exited: read what it wrote before dying
                         reason = "it exited unexpectedly"
                         cause = self._drain_frames(decoder)
@@ -277,22 +333,61 @@ class SidecarProcess:
             return exc
         return None
 
-    def _pump_output(self, fd: int) -> bool:
-        """Copy the sidecar's stderr to ours, keeping its tail. False at EOF."""
+    # -- output thread -----------------------------------------------------------
+
+    def _copy_output(self, fd: int) -> None:
+        """Copy the sidecar's stderr to ours, keeping its tail, until EOF.
+
+        Its own thread, so that output never delays a result. Our stderr may
+        be a pipe nobody reads: then output is dropped (and counted) rather
+        than waited for, so the sidecar and its workers never block on a full
+        stderr either. Never raises.
+        """
+        dropped = unreported = 0
         try:
-            data = os.read(fd, READ_CHUNK_BYTES)
-        except OSError:
-            return False
-        if not data:
-            return False
-        try:
-            os.write(sys.stderr.fileno(), data)
+            target = sys.stderr.fileno()
         except (OSError, ValueError, AttributeError):
-            pass  # stderr closed or replaced by an object without a descriptor
+            target = -1  # stderr closed or replaced by an object without a descriptor
+        poller = select.poll()
+        if target >= 0:
+            poller.register(target, select.POLLOUT)
+        try:
+            while True:
+                try:
+                    data = os.read(fd, READ_CHUNK_BYTES)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                self._keep_tail(data)
+                if target < 0:
+                    continue
+                if unreported and poller.poll(0):
+                    note = f"\n[subproc_executor: {unreported} bytes of output were dropped here]\n"
+                    if not _write_if_room(target, poller, note.encode()):
+                        unreported = 0
+                lost = _write_if_room(target, poller, data)
+                dropped += lost
+                unreported += lost
+        except Exception:
+            logger.exception("copying the output of sidecar pid %d failed", self.pid)
+        finally:
+            # This thread owns the pipe: it may outlive the sidecar for as long
+            # as a leftover worker holds the pipe open.
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
+        if dropped:
+            logger.warning(
+                "dropped %d bytes of output from sidecar pid %d and its workers: our stderr was not "
+                "being read (its last lines are kept for error messages)",
+                dropped,
+                self.pid,
+            )
+
+    def _keep_tail(self, data: bytes) -> None:
         lines = (self._partial_line + data).split(b"\n")
         self._partial_line = lines.pop()[-4096:]
         self._tail.extend(line.decode(errors="replace") for line in lines)
-        return True
 
     def _wait_exit(self, exit_w: int) -> None:
         """Where pidfd is missing: wait for the exit, then close ``exit_w``,
@@ -318,8 +413,11 @@ class SidecarProcess:
             self.proc.wait(5.0)
         except subprocess.TimeoutExpired:
             logger.error("sidecar pid %d survived SIGKILL for 5s", self.pid)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        if self._output is not None:
+            # Its EOF comes with the sidecar's exit, unless a leftover worker
+            # still holds the pipe: bounded, then the tail is what arrived.
+            self._output.join(1.0)
+        self._wake.close()
         self.writer.close_fd()
         self.writer.close()
         os.close(self._read_fd)
@@ -333,6 +431,7 @@ class SidecarProcess:
             output_tail=self.output_tail(),
             cause=cause,
             started=self.hello is not None,
+            fatal=bool(self._fatal),
         )
         try:
             self._on_lost(end)
@@ -352,6 +451,28 @@ class SidecarProcess:
             except OSError:
                 return ""
         return "\n".join(self._tail)
+
+    def wake(self) -> None:
+        """Make the reader thread call ``on_wake`` soon. Takes no lock: safe
+        from a finalizer run by the garbage collector on any thread."""
+        self._wake.wake()
+
+    def abandon_in_forked_child(self) -> None:
+        """In a child forked from the parent: drop our copies of the sidecar's
+        pipes without a word to it (the sidecar serves the parent). No lock is
+        taken: one held by a parent thread at the fork stays held here."""
+        for fd in (self.writer.fd, self._read_fd, *self._wake.fds()):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.proc.stderr is not None:
+            try:
+                os.close(self.proc.stderr.fileno())
+            except (OSError, ValueError):
+                pass
+        # Not our child: never wait for it, nor warn that it still runs.
+        self.proc.returncode = 0
 
     def kill(self) -> None:
         """Kill the sidecar now; the reader thread reports the loss."""

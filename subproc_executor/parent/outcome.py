@@ -10,7 +10,6 @@ raises: every failure to decode becomes the exception the job's future gets.
 from __future__ import annotations
 
 import importlib
-import pickle
 import sys
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
@@ -47,13 +46,28 @@ def decode_result(job_id: int, payload: bytes, pickler: Pickler) -> Value | Base
         try:
             return Value(pickler.loads(memoryview(payload)[1:]))  # type: ignore[arg-type]
         except BaseException as exc:  # even SystemExit from a __reduce__: it fails this job only
-            err = pickle.UnpicklingError(
-                f"job {job_id}: its result could not be unpickled in the parent: {type(exc).__name__}: {exc}"
+            err = BrokenSubprocExecutor(
+                f"job {job_id} ran, but its result could not be unpickled in the parent: "
+                f"{type(exc).__name__}: {exc}. As ProcessPoolExecutor does, this raises "
+                "BrokenProcessPool; unlike it, only this job failed and the executor keeps serving. "
+                "Return objects the parent can unpickle",
+                job_id=job_id,
             )
             err.__cause__ = exc
             return err
     if tag == OutcomeTag.ERROR:
         return rebuild_exception(payload, pickler)
+    if tag == OutcomeTag.JOB_UNREADABLE:
+        cause = rebuild_exception(payload, pickler)
+        unreadable = BrokenSubprocExecutor(
+            f"job {job_id} could not be unpickled in the worker, so it did not run: "
+            f"{type(cause).__name__}: {cause}. As ProcessPoolExecutor does, this raises "
+            "BrokenProcessPool; unlike it, only this job failed and the executor keeps serving. "
+            "Make the function and its arguments importable in the workers",
+            job_id=job_id,
+        )
+        unreadable.__cause__ = cause
+        return unreadable
     if tag == OutcomeTag.INIT_FAILED:
         cause = rebuild_exception(payload, pickler)
         broken = InitializerFailedError(

@@ -12,7 +12,13 @@
 
 One lock guards the table and the state. It is never held while calling
 into a Future (its callbacks may call back into us) or while writing to a
-pipe. Kept apart from ``SubprocExecutor`` so the reader thread holds no
+pipe: frames are handed to the writer's queue under the lock (so a job is
+never in flight without its bytes on their way, whatever interrupts the
+caller) and written after it. The reader thread never waits for the sidecar
+to read: what it sends (a refill, a callback's submit, SHUTDOWN) goes out as
+far as the pipe takes it and the writer's helper thread does the rest.
+
+Kept apart from ``SubprocExecutor`` so the reader thread holds no
 reference to the executor object: dropping the last reference to an executor
 that was never shut down lets it be collected, and that shuts the sidecar down.
 
@@ -20,25 +26,37 @@ Lifecycle:
 
     RUNNING -> CLOSING (shutdown called; queued and in-flight jobs finish)
             -> CLOSED  (no job left; sidecar told to stop and reaped)
-    any     -> BROKEN  (initializer failed, or sidecar died with restart=False)
+    any     -> BROKEN  (initializer failed, sidecar died with restart=False,
+                        or no sidecar could be started)
+    any     -> FORKED  (in a child made by os.fork(): the sidecar is the parent's)
 
-CLOSED and BROKEN are terminal: ``submit`` raises in both.
+CLOSED, BROKEN and FORKED are terminal: ``submit`` raises in all three.
+
+A sidecar that dies before it said HELLO ran no job: its jobs go to the next
+one. It is started again after a short backoff, up to ``MAX_START_ATTEMPTS``
+times in a row; one that reports FATAL (its backend cannot start) or cannot
+even be spawned would fail the same way again, so that breaks the executor.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import logging
+import os
 import threading
 import time
+import weakref
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Final
 
 from ..errors import BrokenSubprocExecutor, InitializerFailedError, ProtocolError, SidecarDiedError
 from ..stats import ExecutorStatistics, SlowJobReport
 from ..wire.messages import Hello, Init, Shutdown, Status, Workers
 from ..wire.protocol import Frame, MessageKind
+from ..wire.transport import PipeClosed
 from . import outcome
+from .delivery import Deliverer
 from .jobtable import Job, JobTable
 from .launcher import SIDECAR_EXIT_GRACE_SECONDS, SidecarExit, SidecarProcess
 from .settings import Settings
@@ -49,6 +67,13 @@ logger = logging.getLogger(__name__)
 
 _KILL = Shutdown(kill=True).encode()
 _FINISH = Shutdown(kill=False).encode()
+# Sidecars in a row that may die before saying HELLO before the executor
+# gives up, and the backoff before each new attempt (doubling).
+MAX_START_ATTEMPTS: Final = 4
+START_BACKOFF_SECONDS: Final = 0.05
+
+# Every live supervisor, for the exit handler and the fork handler.
+_live: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 
 
 class ExecutorState(enum.Enum):
@@ -56,6 +81,10 @@ class ExecutorState(enum.Enum):
     CLOSING = "closing"
     CLOSED = "closed"
     BROKEN = "broken"
+    FORKED = "forked"
+
+
+_TERMINAL: Final = (ExecutorState.CLOSED, ExecutorState.BROKEN, ExecutorState.FORKED)
 
 
 class Supervisor:
@@ -76,10 +105,21 @@ class Supervisor:
         # The pool as last reported by the sidecar (HELLO / WORKERS frames).
         self.worker_pids: tuple[int, ...] = ()
         self.quiesced = False
+        # Sidecars that died before HELLO since the last one that said it.
+        self._failed_starts = 0
+        self._retry: threading.Timer | None = None
+        # Set by abandon() (a finalizer, maybe inside the garbage collector).
+        self._abandoned = False
+        self._pid = os.getpid()
+        # Resolves the futures that have done-callbacks, off the reader thread.
+        self._deliverer = Deliverer()
+        _live.add(self)
 
     # -- sidecar management (lock held) --------------------------------------
 
     def ensure_sidecar_locked(self) -> SidecarProcess:
+        """The current sidecar, started if there is none. Raises what starting
+        it raised (no process or descriptor left, the working directory gone)."""
         if self.sidecar is None:
             s = self.settings
             self.sidecar = SidecarProcess(
@@ -88,33 +128,75 @@ class Supervisor:
                 init_payload=self._init_payload,
                 on_frames=self._on_frames,
                 on_lost=self._on_lost,
+                on_wake=self._on_wake,
                 log_path=s.log_path,
             )
             self.sidecar_starts += 1
         return self.sidecar
 
     @staticmethod
-    def _send(sidecar: SidecarProcess, jobs: list[Job], *, block: bool) -> None:
+    def _queue_locked(sidecar: SidecarProcess, jobs: list[Job]) -> None:
+        """Hand the jobs' frames to the writer (lock held; never blocks)."""
         if jobs:
-            sidecar.writer.try_send_many(
-                [(MessageKind.SUBMIT, j.job_id, j.payload) for j in jobs], block=block
-            )
-            # Drop the parent's copy of the bytes once handed to the pipe.
-            for j in jobs:
-                j.payload = b""
+            try:
+                sidecar.writer.queue_many([(MessageKind.SUBMIT, j.job_id, j.payload) for j in jobs])
+            except PipeClosed:
+                pass  # the sidecar is gone: on_lost fails what was in flight
+            # Drop the parent's copy of the bytes once handed to the writer,
+            # unless the sidecar may still die before starting any job (no
+            # HELLO yet): then they are sent again to the next one.
+            if sidecar.hello is not None:
+                for j in jobs:
+                    j.payload = b""
+
+    @staticmethod
+    def _flush(sidecar: SidecarProcess) -> None:
+        """Write what is queued; the reader thread never waits for room."""
+        try:
+            sidecar.writer.flush(block=not sidecar.is_reader_thread())
+        except PipeClosed:
+            pass
+
+    def _start_failed_locked(self, exc: BaseException) -> BaseException:
+        """No sidecar could be spawned: break (the caller fails what was pending)."""
+        reason = BrokenSubprocExecutor(
+            f"could not start a sidecar process: {type(exc).__name__}: {exc}. Check that the working "
+            f"directory ({self.settings.cwd}) still exists and that processes, descriptors and memory "
+            "are left; then create a new executor"
+        )
+        reason.__cause__ = exc
+        return reason
 
     # -- submit path (caller threads) ------------------------------------------
 
     def submit_payload(self, payload: bytes) -> Future[Any]:
-        """Queue a pickled job and send what fits in the window."""
+        """Queue a pickled job and send what fits in the window.
+
+        If no sidecar can be started, raises BrokenSubprocExecutor and queues
+        nothing: a job its caller was told failed never runs later.
+        """
         fut: Future[Any] = Future()
         with self.lock:
             self.check_open_locked()
+            if self.sidecar is None and self._retry is None:
+                try:
+                    self.ensure_sidecar_locked()
+                except Exception as exc:
+                    reason = self._start_failed_locked(exc)
+                    broken = True
+                else:
+                    broken = False
+                if broken:
+                    pending = self._break_locked(reason)
+                    self._fail_broken(pending, reason)
+                    raise reason
             job_id = self.table.new_id()
             self.table.enqueue(Job(job_id, fut, payload))
-            sidecar = self.ensure_sidecar_locked()
-            jobs = self.table.take_sendable()
-        self._send(sidecar, jobs, block=True)
+            sidecar = self.sidecar
+            if sidecar is not None:
+                self._queue_locked(sidecar, self.table.take_sendable())
+        if sidecar is not None:
+            self._flush(sidecar)
         return fut
 
     def fail_unpicklable(self, error: BaseException) -> Future[Any]:
@@ -130,6 +212,11 @@ class Supervisor:
         return fut
 
     def check_open_locked(self) -> None:
+        if self.state is ExecutorState.FORKED or self._pid != os.getpid():
+            raise RuntimeError(
+                f"this SubprocExecutor belongs to process {self._pid}, and this is a child forked from it "
+                f"(pid {os.getpid()}): its sidecar serves the parent only. Create a new executor in the child"
+            )
         if self.state is ExecutorState.BROKEN:
             raise BrokenSubprocExecutor(
                 f"the executor is broken and cannot run new jobs: {self.broken_reason}; create a new one"
@@ -157,14 +244,18 @@ class Supervisor:
                     self._note_workers(f)
                 elif f.kind is MessageKind.HELLO:
                     self._note_hello(f)
-            refill = self.table.take_sendable() if sidecar is not None else []
+            if sidecar is not None:
+                self._queue_locked(sidecar, self.table.take_sendable())
             stop = self._maybe_stop_locked()
-        if refill and sidecar is not None:
-            self._send(sidecar, refill, block=False)
-        if stop is not None:
-            stop.writer.try_send(MessageKind.SHUTDOWN, 0, _FINISH, block=False)
+            if stop is not None:
+                self._queue_shutdown_locked(stop, _FINISH)
+        if sidecar is not None:
+            self._flush(sidecar)
         for job, f in done:
-            self._resolve(job, f)
+            if _has_callbacks(job.future):
+                self._deliverer.submit(functools.partial(self._resolve, job, f))
+            else:
+                self._resolve(job, f)
         for f in reports:
             self._report_slow(f)
 
@@ -179,12 +270,20 @@ class Supervisor:
         self.quiesced = info.quiesced
 
     def _note_hello(self, frame: Frame) -> None:
+        self._failed_starts = 0
         try:
             self.worker_pids = Hello.decode(frame.payload).worker_pids
         except ProtocolError as exc:
             logger.warning("ignoring a malformed HELLO frame: %s", exc)
             return
         self.quiesced = False
+
+    @staticmethod
+    def _queue_shutdown_locked(sidecar: SidecarProcess, payload: bytes) -> None:
+        try:
+            sidecar.writer.queue_many([(MessageKind.SHUTDOWN, 0, payload)])
+        except PipeClosed:
+            pass
 
     def _report_slow(self, frame: Frame) -> None:
         """A STATUS frame: log it and hand it to the callback. Never touches a future."""
@@ -243,38 +342,41 @@ class Supervisor:
 
     def _on_lost(self, end: SidecarExit) -> None:
         """The sidecar is gone. Runs once per sidecar, on its reader thread; never raises."""
+        pending: list[Job] = []
+        broken_now: BaseException | None = None
         with self.lock:
             if self.sidecar is None or self.sidecar.pid != end.pid:
                 return
             self.sidecar = None
             self.worker_pids = ()
-            failed = self.table.take_inflight()
-            queued_fail: list[Job] = []
+            if not end.started and not end.clean:
+                # It said no HELLO, so it handed no job to a worker: its jobs
+                # never ran and go to the next sidecar, first.
+                failed = self.table.requeue_unstarted()
+            else:
+                failed = self.table.take_inflight()
+            alive = (ExecutorState.RUNNING, ExecutorState.CLOSING)
             if not end.clean:
                 logger.error("%s", end.describe())
-                if self.state is ExecutorState.RUNNING and (not self.settings.restart or not end.started):
-                    # A sidecar that cannot start (a backend refusing an
-                    # option, a bad "module:attr") would fail the same way
-                    # again: restarting it would loop.
-                    self.state = ExecutorState.BROKEN
-                    self.broken_reason = SidecarDiedError(
-                        end.describe(), pid=end.pid, returncode=end.returncode
-                    )
-                if self.state is ExecutorState.BROKEN:
-                    queued_fail = self.table.take_queued()
-            restart_now = bool(self.table.queued) and self.state in (
-                ExecutorState.RUNNING,
-                ExecutorState.CLOSING,
-            )
-            sidecar = self.ensure_sidecar_locked() if restart_now else None
-            jobs = self.table.take_sendable() if sidecar is not None else []
-            if self.sidecar is None and self.state in (ExecutorState.CLOSED, ExecutorState.BROKEN):
+                if self.state in alive:
+                    broken_now = self._judge_lost_locked(end)
+            if broken_now is not None:
+                pending = self._break_locked(broken_now)
+            elif self.state in alive and self.table.queued:
+                if end.started or end.clean:
+                    broken_now = self._restart_locked()
+                    if broken_now is not None:
+                        pending = self._break_locked(broken_now)
+                else:
+                    self._schedule_retry_locked()
+            if self.sidecar is None and self._retry is None and self.state in _TERMINAL:
                 self.finished.set()
             self._maybe_stop_locked()  # sidecar is None here unless restarted for queued jobs
             broken = self.state is ExecutorState.BROKEN
-            self.table.failed += len(failed) + len(queued_fail)
+            self.table.failed += len(failed)
+            sidecar = self.sidecar
         if sidecar is not None:
-            self._send(sidecar, jobs, block=False)
+            self._flush(sidecar)
         for job in failed:
             err = SidecarDiedError(
                 f"job {job.job_id} was lost: {end.describe()}\n"
@@ -289,15 +391,74 @@ class Supervisor:
                 output_tail=end.output_tail,
             )
             err.__cause__ = end.cause
-            job.future.set_exception(err)
-        for job in queued_fail:
-            if job.future.set_running_or_notify_cancel():
-                job.future.set_exception(
-                    BrokenSubprocExecutor(
-                        f"job {job.job_id} never ran: the executor broke ({self.broken_reason})",
-                        job_id=job.job_id,
-                    )
-                )
+            self._fail(job, err)
+        if broken_now is not None:
+            self._fail_broken(pending, broken_now)
+
+    def _judge_lost_locked(self, end: SidecarExit) -> BaseException | None:
+        """Whether losing this sidecar breaks the executor, and why."""
+        if not self.settings.restart:
+            return SidecarDiedError(end.describe(), pid=end.pid, returncode=end.returncode)
+        if end.started:
+            return None
+        if end.fatal:
+            # It could not build its pool (a backend refusing an option, a bad
+            # "module:attr"): another would fail the same way.
+            return SidecarDiedError(
+                f"{end.describe()}\nThe sidecar cannot start with these settings: fix them and create a new "
+                "executor",
+                pid=end.pid,
+                returncode=end.returncode,
+            )
+        self._failed_starts += 1
+        if self._failed_starts >= MAX_START_ATTEMPTS:
+            return SidecarDiedError(
+                f"{self._failed_starts} sidecars in a row died before they could start; the last: "
+                f"{end.describe()}\nCreate a new executor once the cause is fixed",
+                pid=end.pid,
+                returncode=end.returncode,
+            )
+        return None
+
+    def _restart_locked(self) -> BaseException | None:
+        """Start a new sidecar for the queued jobs; the reason to break if none can start."""
+        try:
+            sidecar = self.ensure_sidecar_locked()
+        except Exception as exc:
+            return self._start_failed_locked(exc)
+        self._queue_locked(sidecar, self.table.take_sendable())
+        return None
+
+    def _schedule_retry_locked(self) -> None:
+        """Start the next sidecar after a backoff (the last one died before HELLO)."""
+        if self._retry is not None:
+            return
+        delay = START_BACKOFF_SECONDS * 2 ** max(0, self._failed_starts - 1)
+        self._retry = threading.Timer(delay, self._retry_start)
+        self._retry.name = "subproc_executor-restart"
+        self._retry.daemon = True
+        self._retry.start()
+
+    def _retry_start(self) -> None:
+        """The backoff timer: start a sidecar for the queued jobs. Never raises."""
+        pending: list[Job] = []
+        reason: BaseException | None = None
+        with self.lock:
+            self._retry = None
+            if self.state not in (ExecutorState.RUNNING, ExecutorState.CLOSING) or self.sidecar is not None:
+                if self.sidecar is None and self.state in _TERMINAL:
+                    self.finished.set()
+                return
+            if self.table.queued:
+                reason = self._restart_locked()
+                if reason is not None:
+                    pending = self._break_locked(reason)
+            self._maybe_stop_locked()
+            sidecar = self.sidecar
+        if sidecar is not None:
+            self._flush(sidecar)
+        if reason is not None:
+            self._fail_broken(pending, reason)
 
     # -- shutdown and breakage (any thread) -------------------------------------
 
@@ -306,24 +467,47 @@ class Supervisor:
         with self.lock:
             if self.state is ExecutorState.BROKEN:
                 return
-            self.state = ExecutorState.BROKEN
-            self.broken_reason = reason
-            jobs = self.table.take_queued() + self.table.take_inflight()
-            self.table.failed += len(jobs)
+            pending = self._break_locked(reason)
             sidecar = self.sidecar
-            if sidecar is None:
-                self.finished.set()
         if sidecar is not None:
-            sidecar.writer.try_send(MessageKind.SHUTDOWN, 0, _KILL, block=False)
+            self._flush(sidecar)
+        self._fail_broken(pending, reason)
+
+    def _break_locked(self, reason: BaseException) -> list[Job]:
+        """BROKEN: take every pending job (the caller fails them outside the
+        lock) and tell the sidecar, if any, to stop now."""
+        self.state = ExecutorState.BROKEN
+        self.broken_reason = reason
+        jobs = self.table.take_queued() + self.table.take_inflight()
+        self.table.failed += len(jobs)
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self.sidecar is None:
+            self.finished.set()
+        else:
+            self._queue_shutdown_locked(self.sidecar, _KILL)
+        return jobs
+
+    def _fail_broken(self, jobs: list[Job], reason: BaseException) -> None:
         for job in jobs:
             fut = job.future
             if fut.done() or (not fut.running() and not fut.set_running_or_notify_cancel()):
                 continue
             err = BrokenSubprocExecutor(f"job {job.job_id} did not run: {reason}", job_id=job.job_id)
             err.__cause__ = reason
-            fut.set_exception(err)
+            self._fail(job, err)
+
+    def _fail(self, job: Job, err: BaseException) -> None:
+        """Fail a job's future; its callbacks run on a delivery thread."""
+        if _has_callbacks(job.future):
+            self._deliverer.submit(functools.partial(_set_exception, job, err))
+        else:
+            _set_exception(job, err)
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        if self._pid != os.getpid():
+            return  # a forked child: the sidecar is the parent's to stop
         cancelled: list[Job] = []
         with self.lock:
             if self.state is ExecutorState.RUNNING:
@@ -331,13 +515,50 @@ class Supervisor:
             if cancel_futures:
                 cancelled = self.table.cancel_queued()
             stop = self._maybe_stop_locked()
+            if stop is not None:
+                self._queue_shutdown_locked(stop, _FINISH)
+            if self.sidecar is None and self._retry is not None and self.state in _TERMINAL:
+                self._retry.cancel()
+                self._retry = None
+                self.finished.set()
             sidecar = self.sidecar
         for job in cancelled:
             job.future.cancel()
-        if stop is not None:
-            stop.writer.try_send(MessageKind.SHUTDOWN, 0, _FINISH)
+        if sidecar is not None:
+            self._flush(sidecar)
         if wait:
             self.finished.wait() if sidecar is None else self._wait_finished()
+
+    def abandon(self) -> None:
+        """The executor was collected without shutdown(): stop the sidecar soon.
+
+        Runs as a finalizer, which the garbage collector may call on any
+        thread, even the reader thread while it holds our lock: so it takes
+        no lock, and the reader does the shutdown when it wakes.
+        """
+        self._abandoned = True
+        sidecar = self.sidecar
+        if sidecar is not None:
+            sidecar.wake()
+
+    def _on_wake(self) -> None:
+        """The reader thread, woken by abandon()."""
+        if self._abandoned:
+            self.shutdown(wait=False, cancel_futures=False)
+
+    def after_fork_in_child(self) -> None:
+        """In a child made by os.fork(): FORKED. Takes no lock (one held by a
+        parent thread at the fork stays held) and says nothing to the
+        sidecar, which serves the parent; drops the child's copies of its pipes
+        so the parent's death still reads as EOF in the sidecar."""
+        self.lock = threading.Lock()
+        self.state = ExecutorState.FORKED
+        self._retry = None
+        sidecar, self.sidecar = self.sidecar, None
+        if sidecar is not None:
+            sidecar.abandon_in_forked_child()
+        self.finished = threading.Event()
+        self.finished.set()
 
     def statistics(self) -> ExecutorStatistics:
         with self.lock:
@@ -361,9 +582,16 @@ class Supervisor:
         """Send QUIESCE or WAKEUP to the sidecar (starting one for WAKEUP)."""
         with self.lock:
             self.check_open_locked()
-            sidecar = self.ensure_sidecar_locked() if kind is MessageKind.WAKEUP else self.sidecar
+            sidecar = self.sidecar
+            if sidecar is None and kind is MessageKind.WAKEUP and self._retry is None:
+                sidecar = self.ensure_sidecar_locked()
+            if sidecar is not None:
+                try:
+                    sidecar.writer.queue_many([(kind, 0, b"")])
+                except PipeClosed:
+                    pass
         if sidecar is not None:
-            sidecar.writer.try_send(kind)
+            self._flush(sidecar)
 
     def _wait_finished(self) -> None:
         """Wait for the jobs (unbounded, as the stdlib), then for the sidecar (bounded)."""
@@ -372,13 +600,13 @@ class Supervisor:
             with self.lock:
                 sidecar = self.sidecar
                 state = self.state
-            if sidecar is None and state in (ExecutorState.CLOSED, ExecutorState.BROKEN):
+            if sidecar is None and state in _TERMINAL and self._retry is None:
                 return
             if sidecar is None:
                 continue
-            if sidecar.is_reader_thread():
+            if sidecar.is_reader_thread() or self._deliverer.is_delivery_thread():
                 return  # shutdown(wait=True) from a callback must not wait for itself
-            if state in (ExecutorState.CLOSED, ExecutorState.BROKEN):
+            if state in _TERMINAL:
                 # Every job is done and SHUTDOWN was sent: the sidecar only has
                 # to stop its workers, which it bounds itself. Bound it here too.
                 now = time.monotonic()
@@ -391,3 +619,32 @@ class Supervisor:
                     )
                     sidecar.kill()
                     stopping_since = now
+
+
+def _has_callbacks(fut: Future[Any]) -> bool:
+    """Whether resolving ``fut`` would run user code (a done-callback)."""
+    return bool(getattr(fut, "_done_callbacks", True))
+
+
+def _set_exception(job: Job, err: BaseException) -> None:
+    try:
+        job.future.set_exception(err)
+    except BaseException:  # an InvalidStateError from a future resolved meanwhile
+        logger.debug("job %d was already resolved", job.job_id)
+
+
+def _after_fork_in_child() -> None:
+    for supervisor in list(_live):
+        supervisor.after_fork_in_child()
+
+
+def shutdown_all_at_exit() -> None:
+    """At interpreter exit, let queued jobs finish as the stdlib does, then stop sidecars."""
+    for supervisor in list(_live):
+        try:
+            supervisor.shutdown(wait=True, cancel_futures=False)
+        except Exception:
+            logger.exception("shutting an executor down at exit failed")
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,128 @@
+"""Delivering outcomes to futures on threads that never read a pipe.
+
+A future's done-callbacks run inside ``set_result``, on whichever thread
+resolves it, and may do anything a user does: submit more jobs, shut the
+executor down, or block waiting for another job's result. If that thread were
+the reader of the sidecar's pipe, a blocked callback would stop every other
+result, and one waiting for another job's result would wait forever. So
+futures that have callbacks are resolved here instead:
+
+    reader thread --submit(fn)--> [queue] --> delivery thread(s): fn() -> set_result -> callbacks
+                                     ^
+    monitor: a backlog while every delivery thread has been busy for
+    STALL_SECONDS (a callback that blocks) starts one more, up to MAX_THREADS
+
+In the common case one thread delivers everything in order, as the stdlib's
+manager thread runs callbacks; more start only while callbacks block. Idle
+threads exit after IDLE_SECONDS. Futures without callbacks are resolved by
+the reader itself (waking a ``result()`` waiter runs no user code).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+__all__ = ["Deliverer"]
+
+logger = logging.getLogger(__name__)
+
+# A delivery thread busy this long with one outcome is taken to be blocked in
+# a callback: shorter reacts sooner, longer starts fewer threads for callbacks
+# that are merely slow.
+STALL_SECONDS: Final = 0.02
+# Delivery threads at most; each further blocked callback waits for one of
+# these to finish.
+MAX_THREADS: Final = 32
+# A delivery thread with nothing to do for this long exits.
+IDLE_SECONDS: Final = 5.0
+
+
+class Deliverer:
+    """A small, self-sizing pool of threads that run deliveries in order."""
+
+    def __init__(self, name: str = "subproc_executor-delivery") -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: deque[Callable[[], None]] = deque()
+        # {thread: monotonic time it started its current delivery, or None when idle}
+        self._busy: dict[threading.Thread, float | None] = {}
+        self._monitor: threading.Thread | None = None
+        self._closed = False
+        self._count = 0
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on a delivery thread. Never blocks; ``fn`` must not raise."""
+        with self._lock:
+            self._queue.append(fn)
+            if not any(since is None for since in self._busy.values()):
+                if not self._busy:
+                    self._start_thread_locked()
+                elif self._monitor is None:
+                    self._monitor = self._spawn(self._watch, f"{self._name}-monitor")
+            self._cond.notify()
+
+    def is_delivery_thread(self) -> bool:
+        return threading.current_thread() in self._busy
+
+    def close(self) -> None:
+        """Let the threads exit once the queue is empty. Does not wait."""
+        with self._lock:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- threads (lock held where the name says so) --------------------------------
+
+    def _spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def _start_thread_locked(self) -> None:
+        self._count += 1
+        thread = threading.Thread(target=self._run, name=f"{self._name}-{self._count}", daemon=True)
+        self._busy[thread] = None
+        thread.start()
+
+    def _run(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self._lock:
+                idle_since = time.monotonic()
+                while not self._queue:
+                    if self._closed or time.monotonic() - idle_since >= IDLE_SECONDS:
+                        del self._busy[me]
+                        return
+                    self._cond.wait(IDLE_SECONDS)
+                fn = self._queue.popleft()
+                self._busy[me] = time.monotonic()
+            try:
+                fn()
+            except BaseException:  # fn should not raise; a delivery thread must not die
+                logger.exception("delivering an outcome failed")
+            finally:
+                with self._lock:
+                    self._busy[me] = None
+                    self._cond.notify_all()
+
+    def _watch(self) -> None:
+        """While outcomes wait and every thread is stuck in one, add a thread."""
+        with self._lock:
+            while self._queue and self._busy:
+                now = time.monotonic()
+                starts = [since for since in self._busy.values() if since is not None]
+                if len(starts) == len(self._busy):
+                    stalled_for = now - max(starts)
+                    if stalled_for >= STALL_SECONDS and len(self._busy) < MAX_THREADS:
+                        logger.debug("done-callbacks block every delivery thread; starting another")
+                        self._start_thread_locked()
+                        continue
+                    self._cond.wait(max(STALL_SECONDS - stalled_for, 0.001))
+                else:
+                    self._cond.wait(STALL_SECONDS)
+            self._monitor = None
