@@ -11,9 +11,11 @@ It never unpickles a user payload, so it needs none of the user's modules,
 and it forks workers only while no other thread of its own is alive.
 
 Threads here: the main loop (reads frames, dispatches, runs timers), the
-backend's own threads, which call ``_on_done`` and write RESULT frames
-directly (they may block on a full pipe; the main loop never does), and the
-writer helper that sends the main loop's frames without blocking it.
+backend's own threads, which call ``on_done`` and write RESULT frames, and
+the writer's helper, which finishes what a full pipe did not take. No thread
+here waits for the parent to read: every frame goes out as far as the pipe
+takes it and the helper does the rest; and the main loop never waits for the
+helper while it writes (see ``transport``).
 
 Dispatch keeps at most ``max_workers + 1`` batches in the backend, as the
 stdlib keeps ``max_workers + 1`` calls in its call queue; when more jobs
@@ -133,8 +135,12 @@ class SidecarLoop:
                     self._wake()
                 else:
                     results = zip(batch.job_ids, outcome, strict=True)
-                    # False if the parent is gone; the main loop sees EOF.
-                    self._writer.try_send_many((MessageKind.RESULT, job_id, out) for job_id, out in results)
+                    # Never blocking: this thread may be one the main loop
+                    # joins (a pool's), or one that must keep reading
+                    # workers. False if the parent is gone; the loop sees EOF.
+                    self._writer.try_send_many(
+                        ((MessageKind.RESULT, job_id, out) for job_id, out in results), block=False
+                    )
                     self._scheduler.done(batch)
                     # Wake the loop only if it has jobs to hand out, or must
                     # start the idle clock. Start records pile up meanwhile,
@@ -194,6 +200,7 @@ class SidecarLoop:
                     logger.warning("parent pid %d is gone; stopping the workers", self._parent_pid)
                     self._backend.shutdown(kill=True)
                     return 0
+                self._check_pool()
             self._run_timers(now)
 
     def handle(self, frames: list[Frame]) -> None:
@@ -222,21 +229,69 @@ class SidecarLoop:
         self._last_activity = time.monotonic()
 
     def _dispatch(self) -> None:
-        """Hand waiting jobs to the backend."""
+        """Hand waiting jobs to the backend.
+
+        A backend that refuses a batch is most often a pool that broke while
+        idle (a worker killed from outside): the batch goes back to the front
+        and the pool is replaced, once; a fresh pool that refuses it too fails
+        its jobs, each with the backend's reason.
+        """
         if not self._scheduler.has_waiting():
             return
         if self._quiesced:
             self._wakeup()
-        for batch in self._scheduler.next_batches():
-            try:
-                self._backend.submit(batch.job_ids, batch.payloads, self._on_done_factory(batch))
-            except Exception as exc:
-                logger.exception("backend refused jobs %s", batch.job_ids)
-                self._scheduler.unsent(batch)
-                for job_id in batch.job_ids:
-                    self._send_job_error(
-                        job_id, JobError(JobErrorKind.BACKEND, f"the backend refused the job: {exc!r}")
-                    )
+        reset_done = False
+        while True:
+            refused: BaseException | None = None
+            for batch in self._scheduler.next_batches():
+                if refused is not None:
+                    self._scheduler.requeue(batch)
+                    continue
+                try:
+                    self._backend.submit(batch.job_ids, batch.payloads, self._on_done_factory(batch))
+                except Exception as exc:
+                    if reset_done:
+                        logger.exception("backend refused jobs %s", batch.job_ids)
+                        self._scheduler.unsent(batch)
+                        for job_id in batch.job_ids:
+                            self._send_job_error(
+                                job_id,
+                                JobError(JobErrorKind.BACKEND, f"the backend refused the job: {exc!r}"),
+                            )
+                    else:
+                        refused = exc
+                        self._scheduler.requeue(batch)
+            if refused is None:
+                return
+            logger.warning("backend refused jobs (%r); replacing its pool", refused)
+            reset_done = True
+            self._replace_pool()
+
+    def _replace_pool(self) -> None:
+        """A new pool for later batches (the failures of the old one are judged already)."""
+        self._scheduler.new_generation()
+        try:
+            self._start_pool(self._backend.reset)
+        except Exception as reset_exc:
+            self._fatal(f"could not restart the pool: {reset_exc!r}")
+            raise SystemExit(4) from reset_exc
+        self._send_workers()
+
+    def _check_pool(self) -> None:
+        """Notice a pool that broke with no job on it: a worker that died while
+        idle (the OOM killer, a kill from outside) breaks a stdlib or loky
+        pool, and nothing else would tell until the next job was refused.
+        A backend that replaces such a worker itself reports no dead one."""
+        if self._quiesced or not self._scheduler.idle:
+            return  # a running batch's failure reports a broken pool
+        try:
+            codes = self._backend.worker_exitcodes()
+        except Exception:
+            return
+        dead = sorted(pid for pid, code in codes.items() if code not in (None, 0))
+        if dead:
+            logger.warning("workers %s died while idle; replacing the pool", dead)
+            self._replace_pool()
 
     def _read_start_records(self) -> None:
         """Drain the workers' job-start announcements (non-blocking)."""
@@ -291,14 +346,8 @@ class SidecarLoop:
             ):
                 self._send_job_error(failure.job_id, failure.error)
             if batch.generation == self._scheduler.generation:
-                self._scheduler.new_generation()
                 logger.warning("pool broke (%s); starting a new one", error)
-                try:
-                    self._start_pool(self._backend.reset)
-                except Exception as reset_exc:
-                    self._fatal(f"could not restart the pool: {reset_exc!r}")
-                    raise SystemExit(4) from reset_exc
-                self._send_workers()
+                self._replace_pool()
 
     def _settled_exitcodes(self) -> dict[int, int | None]:
         """Exit codes of the workers, once those that ran the failed jobs have one.

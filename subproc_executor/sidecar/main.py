@@ -34,6 +34,8 @@ __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
 
+# How long an exiting sidecar waits for the parent to take its last frames.
+_DRAIN_AT_EXIT_SECONDS = 5.0
 _USAGE = "usage: python -m subproc_executor.sidecar --read-fd R --write-fd W --parent-pid P"
 
 
@@ -119,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:
         message = f"backend {backend_name!r} failed to start: {type(exc).__name__}: {exc}"
         logger.exception("%s", message)
-        writer.try_send(MessageKind.FATAL, 0, Fatal(message).encode())
+        writer.try_send(MessageKind.FATAL, 0, Fatal(message).encode(), block=False)
+        writer.wait_drained(_DRAIN_AT_EXIT_SECONDS)
         return 2
     hello = Hello(
         pid=os.getpid(),
@@ -143,4 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return loop.run()
     finally:
+        # Frames queued without blocking (a FATAL, the last results) go out
+        # before we exit, unless the parent has stopped reading.
+        writer.wait_drained(_DRAIN_AT_EXIT_SECONDS)
         writer.close()

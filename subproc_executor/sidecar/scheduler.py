@@ -183,9 +183,16 @@ class Scheduler:
         return out
 
     def unsent(self, batch: Batch) -> None:
-        """The backend refused ``batch``: forget it was handed over."""
+        """The backend refused ``batch``: forget it was handed over (its jobs fail)."""
         with self._lock:
             self._release_locked(batch)
+
+    def requeue(self, batch: Batch) -> None:
+        """``batch`` never reached a worker: its jobs wait again, first, as they were."""
+        with self._lock:
+            self._release_locked(batch)
+            for job in reversed(batch.jobs):
+                self._waiting.appendleft(job)
 
     def started(self, job_id: int, pid: int, when: float) -> None:
         """A worker announced it runs ``job_id``; ignored once the job was reported."""

@@ -42,6 +42,7 @@ from typing import Any, ClassVar, Final, NamedTuple, TypeVar
 from .protocol import ProtocolError
 
 __all__ = [
+    "SAFE_PATH_ADDED_ENV",
     "SIDECAR_PID_ENV",
     "START_RECORD_SIZE",
     "ErrorRecord",
@@ -63,6 +64,11 @@ __all__ = [
 # Set by the sidecar in its own environment, which its workers inherit: a
 # worker watches that pid, and an executor refuses to be built in its sidecar.
 SIDECAR_PID_ENV: Final = "SUBPROC_EXECUTOR_SIDECAR_PID"
+# Set by the parent when it added PYTHONSAFEPATH=1 to the sidecar's
+# environment (so that every Python the sidecar starts, loky's workers too,
+# keeps the working directory off its import path); a worker then removes
+# both, so the jobs' own subprocesses see the user's environment.
+SAFE_PATH_ADDED_ENV: Final = "SUBPROC_EXECUTOR_SAFE_PATH_ADDED"
 
 R = TypeVar("R", bound="_JsonRecord")
 
@@ -375,6 +381,7 @@ class OutcomeTag(enum.IntEnum):
     VALUE = 0  # then pickler.dumps(value)
     ERROR = 1  # then an ErrorRecord: the job (or decoding it) raised
     INIT_FAILED = 2  # then an ErrorRecord: the worker's initializer had raised
+    JOB_UNREADABLE = 3  # then an ErrorRecord: the job's bytes could not be loaded in the worker
 
 
 class ErrorRecord(NamedTuple):

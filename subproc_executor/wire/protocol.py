@@ -51,9 +51,11 @@ MAGIC: Final = b"SX"
 PROTOCOL_VERSION: Final = 2
 HEADER: Final = struct.Struct("<2sBBQQ")
 HEADER_SIZE: Final = HEADER.size  # 20 bytes
-# Large enough for a 1 GiB payload with room to spare. A bigger limit only
-# raises the worst case a corrupt header can make the reader wait for.
-DEFAULT_MAX_PAYLOAD: Final = 2 * 1024**3
+# A sanity bound, not a size limit: 1 TiB is more than any payload that fits
+# in memory here, so arguments and results over 2 GiB work (as with the
+# stdlib pool), while a length field read from a stream that lost its framing
+# (usually far beyond 2**40) is still refused before anything is awaited.
+DEFAULT_MAX_PAYLOAD: Final = 1 << 40
 _MAX_UINT64: Final = 2**64 - 1
 
 

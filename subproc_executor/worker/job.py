@@ -29,6 +29,7 @@ from typing import Any
 
 from ..wire.fdtools import open_pidfd
 from ..wire.messages import (
+    SAFE_PATH_ADDED_ENV,
     SIDECAR_PID_ENV,
     ErrorRecord,
     OutcomeTag,
@@ -90,7 +91,7 @@ def run_one(pickler_name: str, payload: bytes) -> bytes:
         job: Any = pickler.loads(payload)
         fn, args, kwargs = job
     except BaseException as exc:
-        return _error_bytes(OutcomeTag.ERROR, pickler_name, exc, "unpickling the job in the worker")
+        return _error_bytes(OutcomeTag.JOB_UNREADABLE, pickler_name, exc, "unpickling the job in the worker")
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:
@@ -138,6 +139,8 @@ def worker_init(
     """
     global _init_failure, _notify
     _notify = notify
+    if os.environ.pop(SAFE_PATH_ADDED_ENV, None) is not None:
+        os.environ.pop("PYTHONSAFEPATH", None)  # the jobs' subprocesses see the user's environment
     for fd in close_fds:
         try:
             os.close(fd)

@@ -73,6 +73,8 @@ class ExecutorPoolBackend:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+        # Workers stopped on purpose are not crashes to report.
+        self._tracker.forget_dead()
 
     def reset(self) -> None:
         pool, self._pool = self._pool, None

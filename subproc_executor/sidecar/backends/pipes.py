@@ -107,6 +107,9 @@ _REAP_SECONDS: Final = 1.0
 _READER_JOIN_SECONDS: Final = 5.0
 # The stop message: a worker exits when it reads it. A batch is never empty.
 _STOP: Final = b""
+# A worker's first message on its result pipe: its initializer has run and it
+# reads its job pipe. Outcomes are never empty.
+_READY: Final = b""
 
 
 class _State(enum.Enum):
@@ -150,6 +153,10 @@ class _Worker:
     retiring: bool = False
     # Reaped; its pipes are closed (job_conn maybe later, see ``sending``).
     dead: bool = False
+    # Said READY: past its initializer, reading its job pipe. Only a ready
+    # worker is given a batch, so no thread ever waits writing to a worker
+    # that is not reading (a slow initializer would stall it).
+    ready: bool = False
 
 
 def _worker_main(
@@ -170,6 +177,10 @@ def _worker_main(
     batch that reaches ``max_tasks`` jobs.
     """
     job.worker_init(pickler, close_fds, initializer, notify)
+    try:
+        result_conn.send_bytes(_READY)
+    except OSError:
+        return  # the sidecar is gone
     done = 0
     while True:
         try:
@@ -222,7 +233,7 @@ class PipesBackend:
         self._state = _State.NEW
         # {pid: worker} of the live workers, retiring ones included, e.g.
         #     {4242: _Worker(pid=4242, batch=None, ...), 4243: _Worker(pid=4243, batch=_Batch(...))}
-        # Invariant: a worker is in _idle iff it is here, batch is None and not retiring.
+        # Invariant: a worker is in _idle iff it is here, ready, batch is None and not retiring.
         self._workers: dict[int, _Worker] = {}
         # Bumped whenever _workers changes, so the reader rebuilds its selector.
         self._workers_version = 0
@@ -361,14 +372,13 @@ class PipesBackend:
                 raise
 
     def _start_worker(self) -> None:
-        """Start one worker; give it a waiting batch or mark it idle. Any thread.
+        """Start one worker; its READY makes it idle or gives it a batch. Any thread.
 
         The caller has counted it in ``_starting``; this releases that count.
         Starts nothing once the backend is stopping: the stop, or the exit
         finalizer, has already chosen which workers to stop.
         """
         cfg = self._config
-        batch: _Batch | None = None
         with self._fork_lock:
             try:
                 with self._lock:
@@ -436,15 +446,7 @@ class PipesBackend:
                 self._workers[worker.pid] = worker
                 self._workers_version += 1
                 self._exitcodes[worker.pid] = None
-                if self._queue:
-                    batch = self._queue.popleft()
-                    worker.batch = batch
-                    worker.sending = True
-                else:
-                    self._idle.append(worker)
-        self._wake_reader()  # to wait on the new worker too
-        if batch is not None:
-            self._send(worker, batch)
+        self._wake_reader()  # to wait on the new worker too; it gets work once READY
 
     def _replace(self) -> None:
         """Start the replacement counted in ``_starting``. Reader thread; never raises.
@@ -661,7 +663,25 @@ class PipesBackend:
             return
         self._on_result(worker, data)
 
+    def _on_ready(self, worker: _Worker) -> None:
+        """The worker finished its initializer: give it a waiting batch or mark it idle."""
+        with self._lock:
+            worker.ready = True
+            batch = None
+            if self._queue and self._state is _State.RUNNING:
+                batch = self._queue.popleft()
+                worker.batch = batch
+                worker.sending = True
+            elif not worker.retiring:
+                self._idle.append(worker)
+            self._changed.notify_all()
+        if batch is not None:
+            self._send(worker, batch)
+
     def _on_result(self, worker: _Worker, data: bytes) -> None:
+        if data == _READY:
+            self._on_ready(worker)
+            return
         outcomes: list[bytes] | BaseException
         try:
             outcomes = pickle.loads(data)
