@@ -262,3 +262,18 @@ def raise_holding(cls: type) -> None:
     """Raise a ValueError whose args hold ``cls()``, built in the worker (for
     faults.*AtUnpickle: the exception then misbehaves only in the parent)."""
     raise ValueError(cls())
+
+
+# -- hardening (tests/test_hardening.py) ---------------------------------------------
+
+
+def spew_stderr(nbytes: int) -> int:
+    """Write ``nbytes`` bytes of text to this worker's stderr, flushed; return ``nbytes``."""
+    import sys
+
+    line = "e" * 1023 + "\n"
+    for _ in range(nbytes // len(line)):
+        sys.stderr.write(line)
+    sys.stderr.write("e" * (nbytes % len(line)))
+    sys.stderr.flush()
+    return nbytes

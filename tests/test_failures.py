@@ -374,7 +374,6 @@ def test_exception_whose_init_breaks_unpickling_keeps_its_type_or_text(
 # crash} x {where}. Each row: (job function, its arguments, the exception
 # fut.result() raises, text its message holds, a note it carries or None).
 _CRASH_IN_PARENT = "the parent itself would segfault; nothing can survive that, so there is nothing to test"
-_NOTE_UNPICKLING_JOB = "raised while unpickling the job in the worker"
 _NOTE_PICKLING_RESULT = "raised while pickling the result in the worker"
 FAULT_MATRIX = [
     # pickling the job, in the parent (submit)
@@ -392,12 +391,12 @@ FAULT_MATRIX = [
     ),
     # unpickling the job, in the worker
     pytest.param(
-        jobs.identity, (faults.ErrorAtUnpickle(),), pickle.UnpicklingError, faults.UNPICKLE_ERROR_TEXT,
-        _NOTE_UNPICKLING_JOB, id="error-unpickling_job_in_worker",
+        jobs.identity, (faults.ErrorAtUnpickle(),), BrokenProcessPool, faults.UNPICKLE_ERROR_TEXT,
+        None, id="error-unpickling_job_in_worker",
     ),
     pytest.param(
-        jobs.identity, (faults.ExitAtUnpickle(),), SystemExit, faults.UNPICKLE_EXIT_TEXT,
-        _NOTE_UNPICKLING_JOB, id="exit-unpickling_job_in_worker",
+        jobs.identity, (faults.ExitAtUnpickle(),), BrokenProcessPool, faults.UNPICKLE_EXIT_TEXT,
+        None, id="exit-unpickling_job_in_worker",
     ),
     pytest.param(
         jobs.identity, (faults.CrashAtUnpickle(),), WorkerDiedError, "SIGSEGV", None,
@@ -424,11 +423,11 @@ FAULT_MATRIX = [
     ),
     # unpickling the result, in the parent's reader thread
     pytest.param(
-        jobs.instantiate, (faults.ErrorAtUnpickle,), pickle.UnpicklingError, faults.UNPICKLE_ERROR_TEXT, None,
+        jobs.instantiate, (faults.ErrorAtUnpickle,), BrokenProcessPool, faults.UNPICKLE_ERROR_TEXT, None,
         id="error-unpickling_result_in_parent",
     ),
     pytest.param(
-        jobs.instantiate, (faults.ExitAtUnpickle,), pickle.UnpicklingError, faults.UNPICKLE_EXIT_TEXT, None,
+        jobs.instantiate, (faults.ExitAtUnpickle,), BrokenProcessPool, faults.UNPICKLE_EXIT_TEXT, None,
         id="exit-unpickling_result_in_parent",
     ),
     pytest.param(
@@ -470,6 +469,11 @@ def test_fault_while_pickling_unpickling_or_running_fails_only_its_job(
     assert text in str(err)
     if note is not None:
         assert note in getattr(err, "__notes__", [])
+    if expected is BrokenProcessPool:
+        # What the stdlib raises for a job or result that cannot be loaded,
+        # with the original error kept; and the job's id.
+        assert err.__cause__ is not None and text in str(err.__cause__)
+        assert isinstance(err, BrokenSubprocExecutor) and err.job_id is not None
     if isinstance(err, WorkerDiedError):
         assert err.exitcode == -signal.SIGSEGV
     _check_still_serving(ex)
