@@ -48,6 +48,10 @@ VARIANT_IDS = [f"{b}-{m}" if m else b for b, m in VARIANTS]
 TWO_VARIANTS = pytest.mark.parametrize(
     "variant", [("process", "fork"), ("loky", None)], ids=["process-fork", "loky"], indirect=True
 )
+# For heavy tests where our own pool and the stdlib's behave differently.
+PROCESS_AND_PIPES = pytest.mark.parametrize(
+    "variant", [("process", "fork"), ("pipes", None)], ids=["process-fork", "pipes"], indirect=True
+)
 ONLY_PROCESS_FORK = pytest.mark.parametrize(
     "variant", [("process", "fork")], ids=["process-fork"], indirect=True
 )

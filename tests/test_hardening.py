@@ -1,4 +1,4 @@
-"""Issue 11: situations that must neither hang nor wedge the executor.
+"""Situations that must neither hang nor wedge the executor, as a hostile user would try them.
 
 Public API only. Every wait is bounded and waits on futures, events, pipes or
 process state. Where a failure would strand jobs, the test kills the sidecar
@@ -29,20 +29,21 @@ from typing import Any
 import jobs
 import psutil
 import pytest
-from executor_fixtures import MakeExecutor, wait_gone
+from executor_fixtures import (
+    ANSWER_WITHIN,
+    FAIL_WITHIN,
+    GONE_WITHIN,
+    ONLY_PROCESS_FORK,
+    PROCESS_AND_PIPES,
+    MakeExecutor,
+    wait_gone,
+)
 
 from subproc_executor import SubprocExecutor
 
-ANSWER_WITHIN = 30.0  # a healthy job's answer, a new sidecar's start included
-FAIL_WITHIN = 10.0  # a future that must fail, fails within this
-GONE_WITHIN = 5.0  # processes that must die with their parent (2 s SIGTERM grace, then margin)
 CALLBACK_WAIT = 10.0  # how long a done-callback waits for another job's completion
 BIG = 8 << 20
 
-TWO_VARIANTS = pytest.mark.parametrize(
-    "variant", [("process", "fork"), ("pipes", None)], ids=["process-fork", "pipes"], indirect=True
-)
-ONE_VARIANT = pytest.mark.parametrize("variant", [("process", "fork")], ids=["process-fork"], indirect=True)
 
 Kill = Callable[["int | None"], None]
 
@@ -279,7 +280,7 @@ def _submit_interrupted(ex: SubprocExecutor, data: bytes, after: int) -> bool:
     return False
 
 
-@TWO_VARIANTS
+@PROCESS_AND_PIPES
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_keyboard_interrupt_during_a_big_submit_leaves_the_executor_usable(
@@ -428,7 +429,7 @@ def test_forked_child_exits_and_leaves_the_parents_executor_alone(tmp_path: Path
     assert code == 0 and "shutdown returned" in lines, f"exit code {code}, output:\n{out}"
 
 
-@TWO_VARIANTS
+@PROCESS_AND_PIPES
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_argument_over_2_gib_fails_only_its_job(
@@ -579,7 +580,7 @@ def test_sidecar_killed_before_hello_is_restarted(make_executor: MakeExecutor) -
     assert ex.submit(jobs.square, 3).result(timeout=ANSWER_WITHIN) == 9
 
 
-@ONE_VARIANT
+@ONLY_PROCESS_FORK
 @pytest.mark.timeout(60)
 def test_sidecar_that_can_never_start_fails_clearly(make_executor: MakeExecutor) -> None:
     """A sidecar that can never start (its backend cannot be imported) fails the job with the
@@ -629,7 +630,7 @@ def test_sidecar_does_not_import_modules_from_the_working_directory(
     assert not marker.exists(), marker.read_text()
 
 
-@ONE_VARIANT
+@ONLY_PROCESS_FORK
 @pytest.mark.parametrize("planted", ["nothing", "symlink", "dangling-symlink"])
 @pytest.mark.timeout(60)
 def test_log_file_is_private_and_never_a_planted_symlink(
