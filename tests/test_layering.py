@@ -133,6 +133,9 @@ LAYERS: dict[str, Layer] = {
         never_external=_NO_LOKY,
         why="picklers by qualified name; also used by the parent to pickle jobs",
     ),
+    "worker.pipes_main": _layer(
+        "worker.job", _NO_LOKY, why="a pipes worker's main: READY, then batches until STOP"
+    ),
     "worker.job": _layer(
         "worker.pickling wire.messages wire.fdtools",
         _NO_LOKY,
@@ -149,8 +152,11 @@ LAYERS: dict[str, Layer] = {
         never_external=f"os subprocess selectors {_NO_LOKY}",
         why="queued / in flight / window / counters; no I/O",
     ),
+    "parent.spawn": _layer(
+        "wire.messages", _NO_LOKY, why="the sidecar's command line, environment and log file"
+    ),
     "parent.launcher": _layer(
-        "errors wire.fdtools wire.messages wire.protocol wire.transport",
+        "errors wire.fdtools wire.messages wire.protocol wire.transport parent.spawn",
         _NO_LOKY,
         why="starts and watches one sidecar process",
     ),
@@ -170,7 +176,7 @@ LAYERS: dict[str, Layer] = {
         why="the job table, the current sidecar and the frames between them",
     ),
     "parent.executor": _layer(
-        "stats wire.messages wire.protocol worker.job parent.launcher parent.settings parent.supervisor",
+        "stats wire.messages wire.protocol worker.job parent.spawn parent.settings parent.supervisor",
         _NO_LOKY,
         why="the public API; names the backend as a string, never imports one",
     ),
@@ -215,7 +221,7 @@ LAYERS: dict[str, Layer] = {
         why="the only module that imports loky",
     ),
     "sidecar.backends.pipes": _layer(
-        "sidecar.backends sidecar.backends._reap worker.job errors wire.fdtools",
+        "sidecar.backends sidecar.backends._reap worker.job worker.pipes_main errors wire.fdtools",
         _NO_LOKY,
         why="a lean pool of our own: two pipes per worker, one reader thread",
     ),

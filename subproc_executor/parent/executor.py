@@ -41,8 +41,8 @@ from ..stats import ExecutorStatistics, SlowJobReport
 from ..wire.messages import SIDECAR_PID_ENV
 from ..wire.protocol import MessageKind
 from ..worker.job import call_chunk
-from .launcher import sidecar_env
 from .settings import make_settings
+from .spawn import sidecar_env
 from .supervisor import Supervisor, shutdown_all_at_exit
 
 __all__ = ["SubprocExecutor"]

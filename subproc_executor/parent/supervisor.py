@@ -18,6 +18,14 @@ caller) and written after it. The reader thread never waits for the sidecar
 to read: what it sends (a refill, a callback's submit, SHUTDOWN) goes out as
 far as the pipe takes it and the writer's helper thread does the rest.
 
+One module, over 450 lines: every method here reads or changes the same
+state under the same lock (table, state, current sidecar, retry timer), and
+each lifecycle path (a frame, a lost sidecar, a retry, a break, a shutdown,
+a fork) must be read against all the others to see that every future ends.
+The pieces without that lock live apart: the table (``jobtable``), the
+threads that resolve futures (``delivery``), one sidecar (``launcher``),
+decoding (``outcome``).
+
 Kept apart from ``SubprocExecutor`` so the reader thread holds no
 reference to the executor object: dropping the last reference to an executor
 that was never shut down lets it be collected, and that shuts the sidecar down.

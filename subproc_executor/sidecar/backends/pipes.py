@@ -53,6 +53,11 @@ Who touches what (the invariants the lock keeps):
   worker is told to close exactly the sidecar's descriptors open at its fork,
   and no number on that list can be reused meanwhile.
 
+One module, over 450 lines: the invariants above bind the main thread's
+``submit``, the reader thread and the starting and stopping of workers to
+one lock and one fork lock; split, they could no longer be checked together.
+The worker's side lives in ``worker.pipes_main``.
+
 The design follows ``tests/example_backend.py`` (a process and a pipe per
 worker) with its thread per batch replaced by one reader thread, and the idea
 of failing only the dead worker's task from pebble's process pool.
@@ -81,7 +86,9 @@ from typing import TYPE_CHECKING, Final
 
 from ...errors import WorkerDiedError, describe_exitcode
 from ...wire.fdtools import WakePipe, signal_pid
-from ...worker import job
+from ...worker.pipes_main import READY as _READY
+from ...worker.pipes_main import STOP as _STOP
+from ...worker.pipes_main import worker_main as _worker_main
 from . import BackendConfig, OnDone
 from ._reap import TERMINATE_GRACE_SECONDS, terminate_children
 
@@ -105,11 +112,6 @@ _REAP_SECONDS: Final = 1.0
 # ``on_done`` writing to the parent's pipe. Longer tolerates a slower parent;
 # shorter bounds shutdown when the parent does not read.
 _READER_JOIN_SECONDS: Final = 5.0
-# The stop message: a worker exits when it reads it. A batch is never empty.
-_STOP: Final = b""
-# A worker's first message on its result pipe: its initializer has run and it
-# reads its job pipe. Outcomes are never empty.
-_READY: Final = b""
 
 
 class _State(enum.Enum):
@@ -159,47 +161,6 @@ class _Worker:
     ready: bool = False
 
 
-def _worker_main(
-    job_conn: Connection,
-    result_conn: Connection,
-    pickler: str,
-    close_fds: Sequence[int],
-    initializer: bytes | None,
-    notify: object,
-    max_tasks: int | None,
-) -> None:
-    """A worker's main: run batches until the stop message or EOF on ``job_conn``.
-
-    ``close_fds`` lists the sidecar's descriptors a forked worker inherits and
-    must not keep (the parent's pipes, the other workers' pipe ends and our
-    own pipes' far ends); it is empty for spawn and forkserver, whose workers
-    inherit only what they are passed. Exits with 0 after the result of the
-    batch that reaches ``max_tasks`` jobs.
-    """
-    job.worker_init(pickler, close_fds, initializer, notify)
-    try:
-        result_conn.send_bytes(_READY)
-    except OSError:
-        return  # the sidecar is gone
-    done = 0
-    while True:
-        try:
-            data = job_conn.recv_bytes()
-        except (EOFError, OSError):
-            return  # the sidecar is gone or closed our pipe
-        if data == _STOP:
-            return
-        job_ids, payloads = pickle.loads(data)
-        outcomes = job.run_batch(pickler, job_ids, payloads)
-        try:
-            result_conn.send_bytes(pickle.dumps(outcomes, pickle.HIGHEST_PROTOCOL))
-        except OSError:
-            return  # the sidecar is gone
-        done += len(job_ids)
-        if max_tasks is not None and done >= max_tasks:
-            return
-
-
 class PipesBackend:
     """``max_workers`` processes fed over their own pipes; see the module docstring."""
 
@@ -218,7 +179,7 @@ class PipesBackend:
         self._context = _get_context(method)
         if method == "forkserver":
             # Workers forked by the forkserver start with the worker code loaded.
-            self._context.set_forkserver_preload(["subproc_executor.worker.job", __name__])
+            self._context.set_forkserver_preload(["subproc_executor.worker.pipes_main"])
         self._forks = method == "fork"
         self._max_tasks = config.max_tasks_per_child
 
