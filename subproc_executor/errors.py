@@ -15,7 +15,7 @@ catches what ``ProcessPoolExecutor`` raises keeps working.
 from __future__ import annotations
 
 import signal
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 
 from .wire.protocol import ProtocolError
 
@@ -28,6 +28,7 @@ __all__ = [
     "SidecarDiedError",
     "WorkerDiedError",
     "describe_exitcode",
+    "remote_traceback",
 ]
 
 
@@ -94,16 +95,16 @@ class InitializerFailedError(BrokenSubprocExecutor):
     is broken from then on: fix the initializer and create a new executor."""
 
 
-class RemoteTraceback(Exception):
-    """The formatted traceback of a job's exception, chained as ``__cause__``
-    so it prints below the local one (the stdlib does the same)."""
+# The formatted traceback of a job's exception, chained as its ``__cause__``
+# so that it prints below the local one. The stdlib's own class, so code (and
+# CPython's tests) that checks ``type(exc.__cause__) is _RemoteTraceback``
+# sees what ProcessPoolExecutor gives: ``.tb`` is the text, quoted as there.
+RemoteTraceback = _RemoteTraceback
 
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
 
-    def __str__(self) -> str:
-        return f'\n"""\n{self.tb}"""'
+def remote_traceback(tb: str) -> BaseException:
+    """The ``__cause__`` for a job's exception whose traceback text is ``tb``."""
+    return RemoteTraceback(f'\n"""\n{tb}"""')  # type: ignore[arg-type]  # typeshed says TracebackType; it is the text
 
 
 class RemoteError(Exception):

@@ -18,8 +18,8 @@ from ..errors import (
     BrokenSubprocExecutor,
     InitializerFailedError,
     RemoteError,
-    RemoteTraceback,
     WorkerDiedError,
+    remote_traceback,
 )
 from ..wire.messages import JobError, JobErrorKind, OutcomeTag, decode_error_outcome
 from ..wire.protocol import ProtocolError
@@ -102,7 +102,7 @@ def rebuild_exception(payload: bytes, pickler: Pickler) -> BaseException:
         exc = RemoteError(type_name, message, tb, reason)
     if stage != "running the job":
         add_note(exc, f"raised while {stage}")
-    exc.__cause__ = RemoteTraceback(tb)
+    exc.__cause__ = remote_traceback(tb)
     return exc
 
 
