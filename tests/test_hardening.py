@@ -613,10 +613,19 @@ _spec.loader.exec_module(_real)
 
 @pytest.mark.timeout(60)
 def test_sidecar_does_not_import_modules_from_the_working_directory(
-    make_executor: MakeExecutor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_executor: MakeExecutor,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    variant: tuple[str, str | None],
 ) -> None:
     """Modules in the parent's working directory that shadow the stdlib (argparse.py,
     selectors.py) are imported neither by the sidecar nor by its workers."""
+    if sys.version_info < (3, 11) and (variant[0] == "loky" or variant[1] in ("spawn", "forkserver")):
+        pytest.skip(
+            "Python 3.10 has no -P / PYTHONSAFEPATH: the interpreters the sidecar starts for spawn, "
+            "forkserver and loky workers put the working directory first while they start "
+            "(documented in guide.md); the sidecar itself and forked workers are covered"
+        )
     cwd, marker = tmp_path / "cwd", tmp_path / "imported"
     cwd.mkdir()
     for name in ("argparse", "selectors"):
