@@ -127,8 +127,10 @@ class SubprocExecutor(Executor):
         self._max_workers = settings.max_workers  # read by Dask, as on ProcessPoolExecutor
         self._pickler = settings.pickler
         self._core = Supervisor(settings, sidecar_env())
-        with self._core.lock:
-            self._core.ensure_sidecar_locked()
+        # Warm start. Like ProcessPoolExecutor, whose constructor starts no
+        # process, a failure to start here (no thread, process or descriptor
+        # left) does not raise: the executor is broken, and submit() says why.
+        self._core.start()
         # Shut the sidecar down if this executor is dropped without shutdown().
         # Not shutdown() itself: a finalizer may run inside the garbage
         # collector on any thread, even one holding the supervisor's lock.

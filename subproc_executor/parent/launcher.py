@@ -169,20 +169,34 @@ class SidecarProcess:
         self.pid = self.proc.pid
         self._read_fd = from_child_r
         self.writer = FrameWriter(to_child_w, name="subproc_executor-writer")
-        # The INIT frame goes first, before any SUBMIT a caller may send. Not
-        # blocking: this may run on a reader thread, under the executor's lock.
-        self.writer.send(MessageKind.INIT, 0, init_payload, block=False)
         self._output: threading.Thread | None = None
-        if self.proc.stderr is not None:
-            self._output = threading.Thread(
-                target=self._copy_output,
-                args=(self.proc.stderr.fileno(),),
-                name="subproc_executor-output",
-                daemon=True,
+        try:
+            # The INIT frame goes first, before any SUBMIT a caller may send. Not
+            # blocking: this may run on a reader thread, under the executor's lock.
+            self.writer.send(MessageKind.INIT, 0, init_payload, block=False)
+            if self.proc.stderr is not None:
+                self._output = threading.Thread(
+                    target=self._copy_output,
+                    args=(self.proc.stderr.fileno(),),
+                    name="subproc_executor-output",
+                    daemon=True,
+                )
+                self._output.start()
+            self._thread = threading.Thread(
+                target=self._read_loop, name="subproc_executor-reader", daemon=True
             )
-            self._output.start()
-        self._thread = threading.Thread(target=self._read_loop, name="subproc_executor-reader", daemon=True)
-        self._thread.start()
+            self._thread.start()
+        except BaseException:
+            # No thread to serve it (none can start at interpreter shutdown,
+            # or none are left): the sidecar must not outlive this failure.
+            self.proc.kill()
+            self.proc.wait()
+            self.writer.close_fd()
+            os.close(from_child_r)
+            self._wake.close()
+            if self.proc.stderr is not None and (self._output is None or not self._output.is_alive()):
+                self.proc.stderr.close()
+            raise
         logger.info("started sidecar pid %d", self.pid)
 
     # -- reader thread ---------------------------------------------------------

@@ -142,6 +142,15 @@ class Supervisor:
             self.sidecar_starts += 1
         return self.sidecar
 
+    def start(self) -> None:
+        """Start the first sidecar (warm start); a failure breaks the executor."""
+        with self.lock:
+            try:
+                self.ensure_sidecar_locked()
+            except Exception as exc:
+                logger.error("could not start a sidecar: %r", exc)
+                self._break_locked(self._start_failed_locked(exc))
+
     @staticmethod
     def _queue_locked(sidecar: SidecarProcess, jobs: list[Job]) -> None:
         """Hand the jobs' frames to the writer (lock held; never blocks)."""
