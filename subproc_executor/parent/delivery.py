@@ -70,11 +70,17 @@ class Deliverer:
     def is_delivery_thread(self) -> bool:
         return threading.current_thread() in self._busy
 
-    def close(self) -> None:
-        """Let the threads exit once the queue is empty. Does not wait."""
+    def close(self, *, wait: bool) -> None:
+        """Let the threads exit once the queue is empty; with ``wait``, wait
+        for them (as the stdlib's shutdown waits for the thread that runs its
+        callbacks), unless called from one of them."""
         with self._lock:
             self._closed = True
             self._cond.notify_all()
+            threads = [t for t in self._busy if t is not threading.current_thread()]
+        if wait:
+            for thread in threads:
+                thread.join()
 
     # -- threads (lock held where the name says so) --------------------------------
 
@@ -96,6 +102,7 @@ class Deliverer:
                 idle_since = time.monotonic()
                 while not self._queue:
                     if self._closed or time.monotonic() - idle_since >= IDLE_SECONDS:
+                        # Exiting, not only idle: a submit meanwhile starts a new thread.
                         del self._busy[me]
                         return
                     self._cond.wait(IDLE_SECONDS)
