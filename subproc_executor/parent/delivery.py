@@ -48,7 +48,10 @@ class Deliverer:
     def __init__(self, name: str = "subproc_executor-delivery") -> None:
         self._name = name
         self._lock = threading.Lock()
+        # Wakes delivery threads (work to do, or closing).
         self._cond = threading.Condition(self._lock)
+        # Wakes the monitor: more outcomes wait than threads are idle.
+        self._watch_cond = threading.Condition(self._lock)
         self._queue: deque[Callable[[], None]] = deque()
         # {thread: monotonic time it started its current delivery, or None when idle}
         self._busy: dict[threading.Thread, float | None] = {}
@@ -60,11 +63,14 @@ class Deliverer:
         """Run ``fn`` on a delivery thread. Never blocks; ``fn`` must not raise."""
         with self._lock:
             self._queue.append(fn)
-            if not any(since is None for since in self._busy.values()):
-                if not self._busy:
-                    self._start_thread_locked()
-                elif self._monitor is None:
+            if not self._busy:
+                self._start_thread_locked()
+            idle = sum(1 for since in self._busy.values() if since is None)
+            if len(self._queue) > idle:
+                # Some outcome will wait for a thread: have the monitor look.
+                if self._monitor is None:
                     self._monitor = self._spawn(self._watch, f"{self._name}-monitor")
+                self._watch_cond.notify()
             self._cond.notify()
 
     def is_delivery_thread(self) -> bool:
@@ -77,7 +83,10 @@ class Deliverer:
         with self._lock:
             self._closed = True
             self._cond.notify_all()
+            self._watch_cond.notify_all()
             threads = [t for t in self._busy if t is not threading.current_thread()]
+            if self._monitor is not None and self._monitor is not threading.current_thread():
+                threads.append(self._monitor)
         if wait:
             for thread in threads:
                 thread.join()
@@ -118,18 +127,21 @@ class Deliverer:
                     self._cond.notify_all()
 
     def _watch(self) -> None:
-        """While outcomes wait and every thread is stuck in one, add a thread."""
+        """The monitor: while outcomes wait and every thread has been stuck in
+        one for STALL_SECONDS, add a thread. Sleeps while there is no backlog;
+        exits when closed."""
         with self._lock:
-            while self._queue and self._busy:
-                now = time.monotonic()
+            while not self._closed:
                 starts = [since for since in self._busy.values() if since is not None]
-                if len(starts) == len(self._busy):
-                    stalled_for = now - max(starts)
+                if self._queue and self._busy and len(starts) == len(self._busy):
+                    stalled_for = time.monotonic() - max(starts)
                     if stalled_for >= STALL_SECONDS and len(self._busy) < MAX_THREADS:
                         logger.debug("done-callbacks block every delivery thread; starting another")
                         self._start_thread_locked()
                         continue
-                    self._cond.wait(max(STALL_SECONDS - stalled_for, 0.001))
+                    self._watch_cond.wait(max(STALL_SECONDS - stalled_for, 0.001))
+                elif self._queue:
+                    self._watch_cond.wait(STALL_SECONDS)  # an idle thread is about to take it
                 else:
-                    self._cond.wait(STALL_SECONDS)
+                    self._watch_cond.wait()
             self._monitor = None

@@ -545,8 +545,9 @@ class Supervisor:
             self._flush(sidecar)
         if wait:
             self.finished.wait() if sidecar is None else self._wait_finished()
-            # Every future is resolved; their callbacks have run when this returns.
-            self._deliverer.close(wait=True)
+        # Delivery threads exit once idle; with wait, every future is resolved
+        # and its callbacks have run when this returns.
+        self._deliverer.close(wait=wait)
 
     def abandon(self) -> None:
         """The executor was collected without shutdown(): stop the sidecar soon.
