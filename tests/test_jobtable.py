@@ -82,6 +82,22 @@ def test_the_window_stays_at_the_stdlib_size_for_slow_jobs() -> None:
     assert table.window == 5
 
 
+def test_cancel_futures_keeps_jobs_resent_after_a_sidecar_died_before_starting() -> None:
+    """Their futures are RUNNING: cancelling them would leave them pending for ever."""
+    table = JobTable(1)
+    a, b, c = (_job(table) for _ in range(3))
+    for j in (a, b, c):
+        table.enqueue(j)
+    assert [j.job_id for j in table.take_sendable()] == [1, 2]
+    assert table.requeue_unstarted() == []  # the sidecar died before HELLO
+    assert [j.job_id for j in table.queued] == [1, 2, 3]
+    cancelled = table.cancel_queued()
+    assert [j.job_id for j in cancelled] == [3]
+    assert [j.job_id for j in table.queued] == [1, 2]
+    assert a.future.running() and b.future.running()
+    assert [j.job_id for j in table.take_sendable()] == [1, 2]  # sent again, not set running twice
+
+
 class JobTableMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()

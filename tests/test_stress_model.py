@@ -97,7 +97,7 @@ FINISH_WITHIN = 30.0
 # longer silence is a hang (every job here takes well under a second).
 NO_PROGRESS_WITHIN = 10.0
 # How long after an outside kill (or a crash) jobs may still feel it.
-KILL_EFFECT_SECONDS = 3.0
+KILL_EFFECT_SECONDS = 5.0
 # A kill with settle=True waits this long at most for the executor to notice.
 NOTICE_WITHIN = 5.0
 # After shutdown(wait=True) returned, the executor's processes get this long to

@@ -139,10 +139,13 @@ class JobTable:
         return jobs
 
     def cancel_queued(self) -> list[Job]:
-        """Take every queued job for ``shutdown(cancel_futures=True)``; counted cancelled."""
-        jobs = list(self.queued)
+        """Take the queued jobs ``shutdown(cancel_futures=True)`` cancels; counted
+        cancelled. A job queued again after its sidecar died before starting
+        it stays: its future is RUNNING (cancel() would return False, and it
+        would never end), so it runs, as a running job does in the stdlib."""
+        jobs = [j for j in self.queued if not j.resent]
         self.cancelled += len(jobs)
-        self.queued.clear()
+        self.queued = deque(j for j in self.queued if j.resent)
         return jobs
 
     # -- outcomes ----------------------------------------------------------------
