@@ -60,18 +60,27 @@ class Deliverer:
         self._count = 0
 
     def submit(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on a delivery thread. Never blocks; ``fn`` must not raise."""
+        """Run ``fn`` on a delivery thread. Never blocks; ``fn`` must not raise.
+        Where no thread can start (interpreter shutdown), ``fn`` runs here."""
+        inline = False
         with self._lock:
             self._queue.append(fn)
-            if not self._busy:
-                self._start_thread_locked()
-            idle = sum(1 for since in self._busy.values() if since is None)
-            if len(self._queue) > idle:
-                # Some outcome will wait for a thread: have the monitor look.
-                if self._monitor is None:
-                    self._monitor = self._spawn(self._watch, f"{self._name}-monitor")
-                self._watch_cond.notify()
+            try:
+                if not self._busy:
+                    self._start_thread_locked()
+                idle = sum(1 for since in self._busy.values() if since is None)
+                if len(self._queue) > idle:
+                    # Some outcome will wait for a thread: have the monitor look.
+                    if self._monitor is None:
+                        self._monitor = self._spawn(self._watch, f"{self._name}-monitor")
+                    self._watch_cond.notify()
+            except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                if not self._busy:
+                    self._queue.remove(fn)
+                    inline = True
             self._cond.notify()
+        if inline:
+            fn()  # resolved here rather than never
 
     def is_delivery_thread(self) -> bool:
         return threading.current_thread() in self._busy
@@ -99,10 +108,12 @@ class Deliverer:
         return thread
 
     def _start_thread_locked(self) -> None:
+        """Start a delivery thread; registered only once started (it waits for
+        our lock before it looks at its entry)."""
         self._count += 1
         thread = threading.Thread(target=self._run, name=f"{self._name}-{self._count}", daemon=True)
-        self._busy[thread] = None
         thread.start()
+        self._busy[thread] = None
 
     def _run(self) -> None:
         me = threading.current_thread()

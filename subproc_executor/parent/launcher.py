@@ -1,14 +1,18 @@
 """Starting one sidecar process and watching it, from the parent.
 
 ``SidecarProcess`` owns the ``Popen``, the two frame pipes, the sidecar's
-output, and one reader thread (``subproc_executor-reader``) that waits on
-all of them at once: frames from the sidecar, the sidecar's stderr (copied
-to ours, its tail kept for error messages), and the process's exit (a Linux
-pidfd; elsewhere a small waiter thread). So there are two independent ways
+output, one reader thread (``subproc_executor-reader``) that waits on frames
+from the sidecar, a wake pipe and the process's exit (a Linux pidfd;
+elsewhere a small waiter thread), and one output thread
+(``subproc_executor-output``) that copies the sidecar's stderr to ours
+without ever blocking on it, keeping its tail for error messages. So there are two independent ways
 to notice a dead sidecar: EOF on its pipe, and its exit. Whichever comes
 first ends the connection, and ``on_lost`` runs exactly once.
 
 It knows frames and processes, not jobs: the executor gives it callbacks.
+A little over 450 lines as one piece: start-up, the reader, the output copy
+and ``_finish`` share the pipes and their closing order (the start-up
+choices themselves live in ``spawn``).
 """
 
 from __future__ import annotations

@@ -150,8 +150,12 @@ class FrameWriter:
         with self._lock:
             self._writing = False
             if self._queue and self._error is None and self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
+                # Registered only once started: a thread that cannot start
+                # (interpreter shutdown) must not look like a helper at work;
+                # the queue then waits for the next flush.
+                thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                thread.start()
+                self._thread = thread
             self._cond.notify_all()
 
     def _drain(self, block: bool) -> None:
