@@ -100,6 +100,59 @@ def sleep_return(seconds: float, value: object = None) -> object:
     return value
 
 
+# The write(2) syscall number, for reading /proc/<pid>/task/<tid>/syscall.
+_WRITE_SYSCALL = {"x86_64": "1", "aarch64": "64"}.get(os.uname().machine)
+
+
+def result_then_killed_mid_write(nbytes: int, into_shm: bool = False) -> bytes:
+    """Return ``nbytes`` bytes, and SIGKILL this worker while it is writing
+    them out: the reader is left with half a message.
+
+    Through a pipe, a thread watches the worker's main thread and kills the
+    process once it has sat in write(2) for two looks in a row (a big result
+    fills the pipe, so the write blocks until the reader drains it). Without
+    /proc (or on an unknown architecture) it kills after a short delay
+    instead: the write of a big result is then still most likely in
+    progress. ``into_shm``: it kills as soon as this worker's result segment
+    appears in /dev/shm, that is, while the segment is being written.
+    """
+    import threading
+
+    main_tid = threading.get_native_id()
+    path = f"/proc/self/task/{main_tid}/syscall"
+
+    def in_write() -> bool:
+        try:
+            with open(path) as f:
+                return f.read().split(maxsplit=1)[0] == _WRITE_SYSCALL
+        except (OSError, IndexError):
+            return False
+
+    def shm_killer() -> None:
+        mark = f"-{os.getpid()}-"
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            if any(n.startswith("spx-") and mark in n for n in os.listdir("/dev/shm")):
+                break
+            time.sleep(0.0002)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def killer() -> None:
+        deadline = time.monotonic() + 30.0
+        seen = 0
+        while time.monotonic() < deadline:
+            seen = seen + 1 if _WRITE_SYSCALL is not None and in_write() else 0
+            if seen >= 2:
+                break
+            time.sleep(0.0002)
+            if _WRITE_SYSCALL is None and time.monotonic() > deadline - 29.99:
+                break
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=shm_killer if into_shm else killer, daemon=True).start()
+    return b"r" * nbytes
+
+
 # -- faults (tests/test_failures.py) -------------------------------------------------
 
 
@@ -277,3 +330,24 @@ def spew_stderr(nbytes: int) -> int:
     sys.stderr.write("e" * (nbytes % len(line)))
     sys.stderr.flush()
     return nbytes
+
+
+# -- shared memory (tests/test_shm.py) ------------------------------------------------
+
+
+def shm_names(prefix: str) -> list[str]:
+    """Names in /dev/shm starting with ``prefix``."""
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix))
+
+
+def shm_names_with_arg(prefix: str, data: bytes) -> tuple[list[str], int]:
+    """What ``shm_names`` sees while this job's argument (``data``) is in use; and its length."""
+    return shm_names(prefix), len(data)
+
+
+def block_with_arg(pid_path: str, gate: str, data: bytes) -> int:
+    """Write our pid to ``pid_path``, then hold a (big) argument until ``gate`` opens; its length."""
+    write_pid(pid_path)
+    if not wait_for_path(gate, 300):
+        raise TimeoutError(f"gate {gate} never opened")
+    return len(data)

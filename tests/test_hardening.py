@@ -161,6 +161,34 @@ def test_idle_worker_killed_from_outside_is_replaced(make_executor: MakeExecutor
     assert _eventually(lambda: victim not in ex.statistics().worker_pids, FAIL_WITHIN), ex.statistics()
 
 
+@pytest.mark.parametrize(
+    "variant",
+    [("process", "fork"), ("loky", None), ("pipes", None)],
+    ids=["process-fork", "loky", "pipes"],
+    indirect=True,
+)
+@pytest.mark.timeout(90)
+def test_worker_killed_while_sending_its_result_does_not_wedge_the_pool(
+    make_executor: MakeExecutor, kill: Kill
+) -> None:
+    """A worker SIGKILLed halfway through writing a big result to its pipe fails that job
+    with WorkerDiedError, and the executor keeps serving.
+
+    The stdlib's pool waits forever for the rest of such a message (its manager
+    thread holds a write end of the result pipe, so no EOF comes): inside the
+    sidecar, the loop notices the dead worker the pool has not reported and
+    replaces the pool. Results take the pipes here (shm_threshold=None), which
+    is where the half message can happen.
+    """
+    ex = make_executor(2, shm_threshold=None)
+    with _unwedged(ex, kill):
+        for _ in range(2):
+            fut = ex.submit(jobs.result_then_killed_mid_write, 16 << 20)
+            with pytest.raises(BrokenProcessPool):
+                fut.result(timeout=FAIL_WITHIN)
+            assert ex.submit(jobs.square, 7).result(timeout=ANSWER_WITHIN) == 49
+
+
 @pytest.mark.timeout(60)
 def test_done_callbacks_submitting_big_jobs_do_not_deadlock(make_executor: MakeExecutor, kill: Kill) -> None:
     """Done-callbacks that submit the next job of a chain, with an 8 MiB argument and

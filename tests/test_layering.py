@@ -101,7 +101,7 @@ def _layer(may_import: str = "", never_external: str = "", why: str = "") -> Lay
 # Only backends/loky.py imports loky (the optional pool stays optional).
 _NO_LOKY = "loky"
 
-_WIRE = "wire wire.protocol wire.messages wire.transport wire.fdtools"
+_WIRE = "wire wire.protocol wire.messages wire.transport wire.fdtools wire.shm"
 _WORKER = "worker worker.job worker.pickling"
 
 LAYERS: dict[str, Layer] = {
@@ -124,6 +124,10 @@ LAYERS: dict[str, Layer] = {
     "wire.fdtools": _layer(
         never_external=_NO_LOKY, why="drain, wake pipe, signal, pidfd: one copy for every process"
     ),
+    "wire.shm": _layer(
+        never_external=f"pickle threading subprocess {_NO_LOKY}",
+        why="big payloads as /dev/shm segments whose names cross the pipes; never unpickles",
+    ),
     # -- the public records -----------------------------------------------------------------
     "errors": _layer("wire.protocol", _NO_LOKY, why="the hierarchy; re-exports ProtocolError"),
     "stats": _layer(never_external=_NO_LOKY, why="frozen statistics records, a leaf"),
@@ -137,19 +141,20 @@ LAYERS: dict[str, Layer] = {
         "worker.job", _NO_LOKY, why="a pipes worker's main: READY, then batches until STOP"
     ),
     "worker.job": _layer(
-        "worker.pickling wire.messages wire.fdtools",
+        "worker.pickling wire.messages wire.fdtools wire.shm",
         _NO_LOKY,
         why="runs one job and encodes its outcome; knows the wire's record layouts",
     ),
     # -- parent: runs in the user's process --------------------------------------------------
     "parent": _layer(never_external=_NO_LOKY, why="the folder: code that runs in the user's process"),
     "parent.settings": _layer(
-        "stats wire.messages worker.pickling",
+        "stats wire.messages wire.shm worker.pickling",
         _NO_LOKY,
         why="validates the constructor once; the table of built-in backends, as strings",
     ),
     "parent.jobtable": _layer(
-        never_external=f"os subprocess selectors {_NO_LOKY}",
+        "wire.shm",
+        f"os subprocess selectors {_NO_LOKY}",
         why="queued / in flight / window / counters; no I/O",
     ),
     "parent.spawn": _layer(
@@ -161,7 +166,7 @@ LAYERS: dict[str, Layer] = {
         why="starts and watches one sidecar process",
     ),
     "parent.outcome": _layer(
-        "errors wire.messages wire.protocol worker.pickling",
+        "errors wire.messages wire.protocol wire.shm worker.pickling",
         _NO_LOKY,
         why="decodes outcome bytes and JOB_ERROR records into values or exceptions",
     ),
@@ -170,7 +175,7 @@ LAYERS: dict[str, Layer] = {
         why="resolves futures with done-callbacks on threads that never read a pipe",
     ),
     "parent.supervisor": _layer(
-        "errors stats wire.messages wire.protocol wire.transport parent.outcome parent.jobtable "
+        "errors stats wire.messages wire.protocol wire.shm wire.transport parent.outcome parent.jobtable "
         "parent.launcher parent.settings parent.delivery",
         _NO_LOKY,
         why="the job table, the current sidecar and the frames between them",
@@ -185,12 +190,13 @@ LAYERS: dict[str, Layer] = {
     "sidecar": _layer(never_external=_NO_LOKY, why="the folder: code that runs in the sidecar"),
     "sidecar.__main__": _layer("sidecar.main", _NO_LOKY, why="python -m subproc_executor.sidecar"),
     "sidecar.main": _layer(
-        "wire.messages wire.protocol wire.transport sidecar.backends sidecar.loop sidecar.scheduler",
+        "wire.messages wire.protocol wire.shm wire.transport sidecar.backends sidecar.loop sidecar.scheduler",
         _NO_LOKY,
         why="start-up: reads INIT, builds the backend, says HELLO",
     ),
     "sidecar.loop": _layer(
-        "errors wire.fdtools wire.messages wire.protocol wire.transport sidecar.backends sidecar.scheduler",
+        "errors wire.fdtools wire.messages wire.protocol wire.shm wire.transport sidecar.backends "
+        "sidecar.scheduler",
         _NO_LOKY,
         why="the main loop; loads backend implementations by name at run time",
     ),

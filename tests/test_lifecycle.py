@@ -42,7 +42,6 @@ T = TypeVar("T")
 pytestmark = pytest.mark.timeout(60)
 
 
-
 def wait_for(predicate: Callable[[], T], what: str, timeout: float = ANSWER_WITHIN) -> T:
     """Poll ``predicate`` until it returns something truthy; return that. Fails after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -53,6 +53,7 @@ settings_records = st.builds(
     authkey=st.binary(max_size=64),
     sys_path=st.lists(texts, max_size=5).map(tuple),
     log_level=st.sampled_from(["DEBUG", "INFO", "WARNING", "ERROR"]),
+    shm_threshold=st.none() | st.integers(1, 2**40),
 )
 json_records = st.one_of(
     settings_records,
@@ -157,7 +158,9 @@ def test_malformed_shutdown_payloads(payload: bytes, phrase: str) -> None:
 
 def test_bad_values_name_the_problem() -> None:
     with pytest.raises(ProtocolError, match="JobError: field 'kind': unknown job error kind 'exploded'"):
-        JobError.decode(b'{"kind":"exploded","message":"","pid":null,"exitcode":null,"status":null,"detail":null}')
+        JobError.decode(
+            b'{"kind":"exploded","message":"","pid":null,"exitcode":null,"status":null,"detail":null}'
+        )
     with pytest.raises(ProtocolError, match="Status: field 'pid': expected an integer >= 0"):
         Status.decode(b'{"elapsed": 1.0, "pid": -3}')
     with pytest.raises(ProtocolError, match="Status: field 'elapsed': expected a number"):

@@ -41,7 +41,7 @@ from ..stats import ExecutorStatistics, SlowJobReport
 from ..wire.messages import SIDECAR_PID_ENV
 from ..wire.protocol import MessageKind
 from ..worker.job import call_chunk
-from .settings import make_settings
+from .settings import DEFAULT_SHM_THRESHOLD, make_settings
 from .spawn import sidecar_env
 from .supervisor import Supervisor, shutdown_all_at_exit
 
@@ -87,6 +87,10 @@ class SubprocExecutor(Executor):
         status_interval: report each job running longer than this many
             seconds (a WARNING log record and ``on_status``), once per interval.
         on_status: called with a ``SlowJobReport`` on the reader thread; keep it quick.
+        shm_threshold: pickled jobs and results of at least this many bytes
+            travel through shared memory (``/dev/shm``) instead of the
+            pipes; None sends everything through the pipes. Where
+            ``/dev/shm`` is missing or full, payloads take the pipes anyway.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class SubprocExecutor(Executor):
         idle_timeout: float | None = None,
         status_interval: float | None = None,
         on_status: Callable[[SlowJobReport], object] | None = None,
+        shm_threshold: int | None = DEFAULT_SHM_THRESHOLD,
     ) -> None:
         if os.environ.get(SIDECAR_PID_ENV) == str(os.getpid()):
             raise RuntimeError(
@@ -123,6 +128,7 @@ class SubprocExecutor(Executor):
             idle_timeout=idle_timeout,
             status_interval=status_interval,
             on_status=on_status,
+            shm_threshold=shm_threshold,
         )
         self._max_workers = settings.max_workers  # read by Dask, as on ProcessPoolExecutor
         self._pickler = settings.pickler

@@ -32,6 +32,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ..wire.shm import Segment
+
 __all__ = ["Job", "JobTable"]
 
 WINDOW_TARGET_SECONDS: Final = 0.002
@@ -50,6 +52,9 @@ class Job:
     # Sent once to a sidecar that died before starting any job: its future
     # is RUNNING already, and it is sent again as it is.
     resent: bool = False
+    # The shared memory holding the job's bytes when ``payload`` names it:
+    # unlinked when the job ends, or when this record is dropped.
+    segment: Segment | None = None
 
 
 class JobTable:

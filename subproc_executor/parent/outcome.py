@@ -10,6 +10,7 @@ raises: every failure to decode becomes the exception the job's future gets.
 from __future__ import annotations
 
 import importlib
+import mmap
 import sys
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
@@ -21,11 +22,47 @@ from ..errors import (
     WorkerDiedError,
     remote_traceback,
 )
-from ..wire.messages import JobError, JobErrorKind, OutcomeTag, decode_error_outcome
+from ..wire import shm
+from ..wire.messages import (
+    ErrorRecord,
+    JobError,
+    JobErrorKind,
+    OutcomeTag,
+    decode_error_outcome,
+    encode_error_outcome,
+)
 from ..wire.protocol import ProtocolError
 from ..worker.pickling import Pickler
 
-__all__ = ["Value", "add_note", "decode_result", "job_error"]
+__all__ = ["Payload", "Value", "add_note", "claim", "decode_result", "job_error"]
+
+_SPILLED_TAG = bytes([OutcomeTag.SPILLED])
+
+
+# A RESULT payload as the reader hands it on: the frame's bytes, or the
+# mapping of the shared memory segment they named.
+Payload = bytes | mmap.mmap
+
+
+def claim(job_id: int, payload: bytes) -> Payload:
+    """A RESULT payload with its outcome taken out of shared memory if it names
+    a segment (mapped and unlinked here, whether or not the job still waits).
+    Never raises: a segment that cannot be read becomes an outcome saying so."""
+    if payload[:1] != _SPILLED_TAG:
+        return payload
+    name = bytes(payload[1:]).decode("ascii", "replace")
+    try:
+        return shm.claim(name)
+    except OSError as exc:
+        message = (
+            f"job {job_id} ran, but its result was lost: the shared memory segment "
+            f"{shm.SHM_DIR}/{name} holding it could not be read ({exc}). Something removed it, "
+            "or /dev/shm is not shared with the workers; pass shm_threshold=None to use the pipes"
+        )
+        return encode_error_outcome(
+            OutcomeTag.ERROR,
+            ErrorRecord(None, "subproc_executor.errors.RemoteError", message, "", "reading the result", None),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +72,7 @@ class Value:
     value: object
 
 
-def decode_result(job_id: int, payload: bytes, pickler: Pickler) -> Value | BaseException:
+def decode_result(job_id: int, payload: Payload, pickler: Pickler) -> Value | BaseException:
     """A RESULT frame's payload: the job's value, or the exception its future gets.
 
     An ``InitializerFailedError`` means the worker's initializer had raised;
@@ -55,6 +92,7 @@ def decode_result(job_id: int, payload: bytes, pickler: Pickler) -> Value | Base
             )
             err.__cause__ = exc
             return err
+    payload = bytes(payload)  # not a value: small, or an error worth a copy
     if tag == OutcomeTag.ERROR:
         return rebuild_exception(payload, pickler)
     if tag == OutcomeTag.JOB_UNREADABLE:

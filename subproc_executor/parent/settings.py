@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..stats import SlowJobReport
+from ..wire import shm
 from ..wire.messages import SidecarSettings
 from ..worker.pickling import DEFAULT_PICKLER, Pickler, pickler_name, resolve_pickler
 
 __all__ = [
     "BUILTIN_BACKENDS",
+    "DEFAULT_SHM_THRESHOLD",
     "ENTRY_POINT_GROUP",
     "BackendSpec",
     "Settings",
@@ -45,6 +47,11 @@ START_METHODS: Final = ("fork", "forkserver", "spawn", "loky", "loky_init_main")
 # Most jobs grouped into one backend call. Bigger amortises more per-call
 # overhead; smaller keeps a slow job from delaying the fast ones batched with it.
 MAX_BATCH_JOBS: Final = 64
+# Pickled jobs and outcomes of at least this many bytes travel through shared
+# memory (wire.shm) instead of the pipes. Below it, the few syscalls of making
+# and mapping a segment cost more than copying through two pipes saves
+# (docs/benchmarks.md, "Bandwidth by payload size").
+DEFAULT_SHM_THRESHOLD: Final = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +226,8 @@ class Settings:
     cwd: str
     # The parent's import path when the executor was made (absolute).
     sys_path: tuple[str, ...]
+    # Payloads of at least this many bytes go through shared memory; None: never.
+    shm_threshold: int | None = None
 
     def sidecar_settings(self) -> SidecarSettings:
         """What crosses to the sidecar in INIT."""
@@ -235,6 +244,7 @@ class Settings:
             authkey=bytes(multiprocessing.current_process().authkey),
             sys_path=self.sys_path,
             log_level=logging.getLevelName(logging.WARNING),
+            shm_threshold=self.shm_threshold,
         )
 
 
@@ -252,6 +262,7 @@ def make_settings(
     idle_timeout: float | None,
     status_interval: float | None,
     on_status: Callable[[SlowJobReport], object] | None,
+    shm_threshold: int | None = DEFAULT_SHM_THRESHOLD,
 ) -> Settings:
     """Validate the constructor's arguments, with the stdlib's exception types
     where the stdlib checks the same thing. Imports no backend."""
@@ -287,6 +298,13 @@ def make_settings(
             ) from exc
     if on_status is not None and not callable(on_status):
         raise TypeError("on_status must be a callable taking a SlowJobReport")
+    if shm_threshold is not None and (
+        isinstance(shm_threshold, bool) or not isinstance(shm_threshold, int) or shm_threshold < 1
+    ):
+        raise ValueError(
+            f"shm_threshold must be a number of bytes >= 1, or None to send every payload through "
+            f"the pipes; got {shm_threshold!r}"
+        )
     cwd = os.getcwd()
     return Settings(
         max_workers=max_workers,
@@ -305,4 +323,5 @@ def make_settings(
         on_status=on_status,
         cwd=cwd,
         sys_path=tuple(dict.fromkeys(os.path.join(cwd, p) if p else cwd for p in sys.path)),
+        shm_threshold=shm_threshold if shm.available() else None,
     )

@@ -60,6 +60,7 @@ from typing import Any, Final
 
 from ..errors import BrokenSubprocExecutor, InitializerFailedError, ProtocolError, SidecarDiedError
 from ..stats import ExecutorStatistics, SlowJobReport
+from ..wire import shm
 from ..wire.messages import Hello, Init, Shutdown, Status, Workers
 from ..wire.protocol import Frame, MessageKind
 from ..wire.transport import PipeClosed
@@ -193,6 +194,14 @@ class Supervisor:
         nothing: a job its caller was told failed never runs later.
         """
         fut: Future[Any] = Future()
+        segment = None
+        threshold = self.settings.shm_threshold
+        if threshold is not None and len(payload) >= threshold:
+            # Outside the lock: writing a big segment takes a while. The
+            # segment lives as long as the job's record (see wire.shm).
+            segment = shm.Segment.create(f"{shm.parent_prefix(os.getpid())}a", payload)
+            if segment is not None:
+                payload = segment.ref
         with self.lock:
             self.check_open_locked()
             if self.sidecar is None and self._retry is None:
@@ -208,7 +217,7 @@ class Supervisor:
                     self._fail_broken(pending, reason)
                     raise reason
             job_id = self.table.new_id()
-            self.table.enqueue(Job(job_id, fut, payload))
+            self.table.enqueue(Job(job_id, fut, payload, segment=segment))
             sidecar = self.sidecar
             if sidecar is not None:
                 self._queue_locked(sidecar, self.table.take_sendable())
@@ -246,15 +255,22 @@ class Supervisor:
     def _on_frames(self, frames: list[Frame]) -> None:
         """Resolve futures from sidecar frames. Runs on the reader thread; never
         raises, since an escape would stop the reader and strand every future."""
-        done: list[tuple[Job, Frame]] = []
+        done: list[tuple[Job, Frame, outcome.Payload]] = []
         reports: list[Frame] = []
+        # Outcomes in shared memory are taken (mapped and unlinked) at once,
+        # whether or not their job is still waiting: nothing else would.
+        payloads = [
+            outcome.claim(f.job_id, f.payload) if f.kind is MessageKind.RESULT else f.payload for f in frames
+        ]
         with self.lock:
             sidecar = self.sidecar
-            for f in frames:
+            for f, data in zip(frames, payloads, strict=True):
                 if f.kind is MessageKind.RESULT or f.kind is MessageKind.JOB_ERROR:
                     job = self.table.finish(f.job_id)
                     if job is not None:
-                        done.append((job, f))
+                        if job.segment is not None:
+                            job.segment.release()
+                        done.append((job, f, data))
                 elif f.kind is MessageKind.STATUS:
                     reports.append(f)
                 elif f.kind is MessageKind.WORKERS:
@@ -268,11 +284,11 @@ class Supervisor:
                 self._queue_shutdown_locked(stop, _FINISH)
         if sidecar is not None:
             self._flush(sidecar)
-        for job, f in done:
+        for job, f, data in done:
             if _has_callbacks(job.future):
-                self._deliverer.submit(functools.partial(self._resolve, job, f))
+                self._deliverer.submit(functools.partial(self._resolve, job, f.kind, data))
             else:
-                self._resolve(job, f)
+                self._resolve(job, f.kind, data)
         for f in reports:
             self._report_slow(f)
 
@@ -330,13 +346,13 @@ class Supervisor:
             self.finished.set()
         return self.sidecar
 
-    def _resolve(self, job: Job, frame: Frame) -> None:
-        """Set the future from a RESULT or JOB_ERROR frame, and count it. Never raises."""
+    def _resolve(self, job: Job, kind: MessageKind, payload: outcome.Payload) -> None:
+        """Set the future from a RESULT or JOB_ERROR frame's payload, and count it. Never raises."""
         try:
-            if frame.kind is MessageKind.JOB_ERROR:
-                result: outcome.Value | BaseException = outcome.job_error(job.job_id, frame.payload)
+            if kind is MessageKind.JOB_ERROR:
+                result: outcome.Value | BaseException = outcome.job_error(job.job_id, bytes(payload))
             else:
-                result = outcome.decode_result(job.job_id, frame.payload, self.settings.pickler)
+                result = outcome.decode_result(job.job_id, payload, self.settings.pickler)
         except BaseException as exc:  # a bug of ours or a hostile payload; the future must still end
             logger.exception("decoding the outcome of job %d failed", job.job_id)
             result = BrokenSubprocExecutor(
@@ -361,6 +377,9 @@ class Supervisor:
         """The sidecar is gone. Runs once per sidecar, on its reader thread; never raises."""
         pending: list[Job] = []
         broken_now: BaseException | None = None
+        # Its frames are all read: whatever its workers left in shared memory
+        # was never sent, and no one else knows it is there.
+        shm.sweep([shm.result_prefix(os.getpid(), end.pid)])
         with self.lock:
             if self.sidecar is None or self.sidecar.pid != end.pid:
                 return

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import select
 import selectors
 import struct
 import sys
@@ -43,7 +44,8 @@ from multiprocessing.connection import Connection
 from typing import Final
 
 from ..errors import WorkerDiedError
-from ..wire.fdtools import WakePipe
+from ..wire import shm
+from ..wire.fdtools import WakePipe, open_pidfd
 from ..wire.messages import (
     START_RECORD_SIZE,
     Fatal,
@@ -65,6 +67,13 @@ logger = logging.getLogger(__name__)
 # arrives. Shorter reacts faster to a parent killed while some other process
 # holds its pipe open; longer costs fewer wakeups of an idle sidecar.
 _PARENT_POLL_SECONDS: Final = 0.5
+# A pool that has not reported a dead worker this long after its death, while
+# jobs run, is taken for wedged and replaced (see _check_pool). Longer than
+# any pool takes to notice a death and fail the batch.
+_WEDGED_SECONDS: Final = 2.0
+# After the parent's pipe reached EOF, how long to wait to see it reparented
+# (its files close a moment before it is gone).
+_PARENT_EXIT_SECONDS: Final = 1.0
 # After a pool breaks, how long to wait for its workers' exit codes.
 _EXIT_SETTLE_SECONDS: Final = 1.0
 # While a quiesce waits for running jobs, how often the loop looks again.
@@ -117,6 +126,11 @@ class SidecarLoop:
         self._last_activity = time.monotonic()
         self._next_status = math.inf if status_interval is None else time.monotonic() + status_interval
         self._wake_pipe = WakePipe()
+        self._shm_prefix = shm.result_prefix(parent_pid, os.getpid())
+        # {pid: when first seen dead} of workers dead while jobs run (see _check_pool).
+        self._dead_since: dict[int, float] = {}
+        # {pool generation: its workers' exit codes when it was replaced}.
+        self._codes_by_generation: dict[int, dict[int, int | None]] = {}
 
     # -- backend callbacks (backend threads) ---------------------------------
 
@@ -186,6 +200,7 @@ class SidecarLoop:
                 if frames is None:
                     logger.info("parent closed its pipe; stopping the workers")
                     self._backend.shutdown(kill=True)
+                    self._sweep_after_parent()
                     return 0
                 self.handle(frames)
             self._read_start_records()
@@ -199,6 +214,7 @@ class SidecarLoop:
                 if os.getppid() != self._parent_pid:
                     logger.warning("parent pid %d is gone; stopping the workers", self._parent_pid)
                     self._backend.shutdown(kill=True)
+                    self._sweep_after_parent()
                     return 0
                 self._check_pool()
             self._run_timers(now)
@@ -269,6 +285,16 @@ class SidecarLoop:
 
     def _replace_pool(self) -> None:
         """A new pool for later batches (the failures of the old one are judged already)."""
+        # The old pool's exit codes, for judging batches it reports failed
+        # during or after the reset (a reset forgets its dead workers).
+        try:
+            codes = self._backend.worker_exitcodes()
+        except Exception:
+            codes = {}
+        self._codes_by_generation[self._scheduler.generation] = codes
+        for old in [g for g in self._codes_by_generation if g < self._scheduler.generation - 4]:
+            del self._codes_by_generation[old]
+        self._dead_since.clear()
         self._scheduler.new_generation()
         try:
             self._start_pool(self._backend.reset)
@@ -282,15 +308,32 @@ class SidecarLoop:
         idle (the OOM killer, a kill from outside) breaks a stdlib or loky
         pool, and nothing else would tell until the next job was refused.
         A backend that replaces such a worker itself reports no dead one."""
-        if self._quiesced or not self._scheduler.idle:
-            return  # a running batch's failure reports a broken pool
+        if self._quiesced:
+            return
         try:
             codes = self._backend.worker_exitcodes()
         except Exception:
             return
         dead = sorted(pid for pid, code in codes.items() if code not in (None, 0))
-        if dead:
+        if not dead:
+            self._dead_since.clear()
+            return
+        if self._scheduler.idle:
             logger.warning("workers %s died while idle; replacing the pool", dead)
+            self._replace_pool()
+            return
+        # Jobs run: the pool reports a death by failing their batch, at
+        # once. One that has not done so long after is wedged (a stdlib
+        # pool whose worker was killed while sending a result waits for the
+        # rest of it forever): replacing it fails its batches.
+        now = time.monotonic()
+        first = min(self._dead_since.setdefault(pid, now) for pid in dead)
+        if now - first >= _WEDGED_SECONDS:
+            logger.warning(
+                "workers %s died %.1fs ago and the pool has not reported it; replacing the pool",
+                dead,
+                now - first,
+            )
             self._replace_pool()
 
     def _read_start_records(self) -> None:
@@ -339,8 +382,15 @@ class SidecarLoop:
             died = exc if isinstance(exc, WorkerDiedError) and exc.pid is not None else None
             # A backend that names the dead worker has reaped it already; the
             # others may still be alive and healthy, so there is nothing to wait for.
-            exitcodes = self._backend.worker_exitcodes() if died is not None else self._settled_exitcodes()
+            exitcodes = (
+                self._backend.worker_exitcodes()
+                if died is not None
+                else self._settled_exitcodes(batch.generation)
+            )
             error = f"{type(exc).__name__}: {exc}"
+            # Outcomes its worker put in shared memory but never sent (a
+            # worker that died mid-batch): no one else knows their names.
+            shm.sweep(f"{self._shm_prefix}r{job_id}-" for job_id in batch.job_ids)
             for failure in self._scheduler.failed(
                 batch, exitcodes, error, died.pid if died is not None else None
             ):
@@ -349,7 +399,26 @@ class SidecarLoop:
                 logger.warning("pool broke (%s); starting a new one", error)
                 self._replace_pool()
 
-    def _settled_exitcodes(self) -> dict[int, int | None]:
+    def _sweep_after_parent(self) -> None:
+        """The parent's pipe closed: remove the shared memory it can no longer.
+
+        Once the parent is gone (reparented within ``_PARENT_EXIT_SECONDS`` of
+        its EOF), every segment made for it, arguments of all its executors
+        included; if it lives on (it closed our pipe on purpose), only what
+        our own workers made.
+        """
+        pidfd = open_pidfd(self._parent_pid) if os.getppid() == self._parent_pid else None
+        if pidfd is not None:
+            try:
+                select.select([pidfd], [], [], _PARENT_EXIT_SECONDS)
+            finally:
+                os.close(pidfd)
+        if os.getppid() != self._parent_pid:
+            shm.sweep([shm.parent_prefix(self._parent_pid)])
+        else:
+            shm.sweep([self._shm_prefix])
+
+    def _settled_exitcodes(self, generation: int) -> dict[int, int | None]:
         """Exit codes of the workers, once those that ran the failed jobs have one.
 
         A worker's death is seen (its pipes close) a moment before it can be
@@ -358,11 +427,12 @@ class SidecarLoop:
         """
         deadline = time.monotonic() + _EXIT_SETTLE_SECONDS
         suspects = set(self._scheduler.running_pids().values())
+        before = self._codes_by_generation.get(generation, {})
         while True:
             try:
-                codes = self._backend.worker_exitcodes()
+                codes = {**before, **self._backend.worker_exitcodes()}
             except Exception:
-                return {}
+                return dict(before)
             if all(codes.get(pid) is not None for pid in suspects) or time.monotonic() >= deadline:
                 return codes
             time.sleep(0.01)

@@ -23,7 +23,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from ..wire.messages import SIDECAR_PID_ENV, Fatal, Hello, Init
+from ..wire import shm
+from ..wire.messages import SHM_ENV, SIDECAR_PID_ENV, Fatal, Hello, Init
 from ..wire.protocol import Frame, FrameDecoder, MessageKind, ProtocolError
 from ..wire.transport import FrameWriter, read_frames
 from .backends import BackendConfig, load_backend
@@ -97,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=s.log_level.upper(),
             format=f"subproc_executor sidecar[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
         )
+        if s.shm_threshold is not None and shm.available():
+            # Workers inherit it (and remove it): big outcomes go back through
+            # shared memory under a prefix naming the parent and this sidecar.
+            os.environ[SHM_ENV] = f"{s.shm_threshold}:{shm.result_prefix(parent_pid, os.getpid())}"
         # Workers inherit it, so multiprocessing.Manager proxies made by the
         # parent authenticate from inside jobs as they do in stdlib workers.
         multiprocessing.current_process().authkey = s.authkey

@@ -43,6 +43,7 @@ from .protocol import ProtocolError
 
 __all__ = [
     "SAFE_PATH_ADDED_ENV",
+    "SHM_ENV",
     "SIDECAR_PID_ENV",
     "START_RECORD_SIZE",
     "ErrorRecord",
@@ -69,6 +70,10 @@ SIDECAR_PID_ENV: Final = "SUBPROC_EXECUTOR_SIDECAR_PID"
 # keeps the working directory off its import path); a worker then removes
 # both, so the jobs' own subprocesses see the user's environment.
 SAFE_PATH_ADDED_ENV: Final = "SUBPROC_EXECUTOR_SAFE_PATH_ADDED"
+# Set by the sidecar for its workers (each removes it at start-up):
+# "<threshold>:<prefix>", outcomes of at least threshold bytes go back
+# through a shared memory segment named prefix + ... (see wire.shm).
+SHM_ENV: Final = "SUBPROC_EXECUTOR_SHM"
 
 R = TypeVar("R", bound="_JsonRecord")
 
@@ -205,6 +210,9 @@ class SidecarSettings(_JsonRecord):
     # so that workers find the user's modules in the parent's order.
     sys_path: tuple[str, ...]
     log_level: str
+    # Outcomes of at least this many bytes come back through shared memory
+    # (wire.shm); None: always through the pipes.
+    shm_threshold: int | None
 
     SCHEMA: ClassVar[dict[str, Callable[[object], Any]]] = {
         "backend": _str,
@@ -219,6 +227,7 @@ class SidecarSettings(_JsonRecord):
         "authkey": _hex_bytes,
         "sys_path": _tuple_of(_str),
         "log_level": _str,
+        "shm_threshold": _optional(_nonneg_int),
     }
 
 
@@ -382,6 +391,7 @@ class OutcomeTag(enum.IntEnum):
     ERROR = 1  # then an ErrorRecord: the job (or decoding it) raised
     INIT_FAILED = 2  # then an ErrorRecord: the worker's initializer had raised
     JOB_UNREADABLE = 3  # then an ErrorRecord: the job's bytes could not be loaded in the worker
+    SPILLED = 4  # then the name of a shared memory segment holding the whole outcome (wire.shm)
 
 
 class ErrorRecord(NamedTuple):

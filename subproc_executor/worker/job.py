@@ -27,20 +27,26 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..wire import shm
 from ..wire.fdtools import open_pidfd
 from ..wire.messages import (
     SAFE_PATH_ADDED_ENV,
+    SHM_ENV,
     SIDECAR_PID_ENV,
     ErrorRecord,
     OutcomeTag,
     StartRecord,
     encode_error_outcome,
 )
-from .pickling import resolve_pickler
+from .pickling import DEFAULT_PICKLER, resolve_pickler
 
 __all__ = ["call_chunk", "run_batch", "run_one", "worker_init"]
 
 _VALUE_TAG = bytes([OutcomeTag.VALUE])
+_SPILLED_TAG = bytes([OutcomeTag.SPILLED])
+# Picklers whose loads() takes any buffer, so a job in shared memory is
+# loaded from its mapping without a copy; others get bytes.
+_BUFFER_PICKLERS = frozenset({DEFAULT_PICKLER, "pickle", "cloudpickle"})
 
 # Set once per worker by worker_init when the user's initializer raised: every
 # job on this worker then answers with it instead of running (the stdlib
@@ -51,6 +57,10 @@ _init_failure: bytes | None = None
 # runs (a messages.StartRecord, plus the Connection's 4-byte length prefix,
 # far below PIPE_BUF, so concurrent workers' writes never interleave).
 _notify: Any = None
+# From SHM_ENV, set by worker_init: outcomes of at least _shm_threshold bytes
+# go back through a segment named _shm_prefix + ... (wire.shm); None: pipes only.
+_shm_threshold: int | None = None
+_shm_prefix = ""
 
 
 def _error_bytes(tag: OutcomeTag, pickler_name: str, exc: BaseException, stage: str) -> bytes:
@@ -82,13 +92,13 @@ def _error_bytes(tag: OutcomeTag, pickler_name: str, exc: BaseException, stage: 
         return encode_error_outcome(tag, ErrorRecord(None, type_name, "<unprintable>", tb, stage, None))
 
 
-def run_one(pickler_name: str, payload: bytes) -> bytes:
+def run_one(pickler_name: str, payload: bytes, job_id: int = 0) -> bytes:
     """Run one job; return its outcome bytes. Never raises."""
     if _init_failure is not None:
         return _init_failure
     try:
         pickler = resolve_pickler(pickler_name)
-        job: Any = pickler.loads(payload)
+        job: Any = _load_job(pickler_name, payload)
         fn, args, kwargs = job
     except BaseException as exc:
         return _error_bytes(OutcomeTag.JOB_UNREADABLE, pickler_name, exc, "unpickling the job in the worker")
@@ -97,11 +107,44 @@ def run_one(pickler_name: str, payload: bytes) -> bytes:
     except BaseException as exc:
         # BaseException too: a job's SystemExit or KeyboardInterrupt fails the
         # job, not the worker (the stdlib would lose the worker and the pool).
-        return _error_bytes(OutcomeTag.ERROR, pickler_name, exc, "running the job")
+        return _spill(job_id, _error_bytes(OutcomeTag.ERROR, pickler_name, exc, "running the job"))
+    del job, fn, args, kwargs  # a big argument need not outlive the call
     try:
-        return _VALUE_TAG + pickler.dumps(value)
+        data = pickler.dumps(value)
     except BaseException as exc:
         return _error_bytes(OutcomeTag.ERROR, pickler_name, exc, "pickling the result in the worker")
+    if _shm_threshold is not None and len(data) + 1 >= _shm_threshold:
+        name = shm.next_name(f"{_shm_prefix}r{job_id}-{os.getpid()}-")
+        if shm.write_segment(name, (_VALUE_TAG, data)):
+            return _SPILLED_TAG + name.encode("ascii")
+    return _VALUE_TAG + data
+
+
+def _load_job(pickler_name: str, payload: bytes) -> object:
+    """The job's (fn, args, kwargs), from its bytes or from the segment they name."""
+    name = shm.job_ref_name(payload)
+    if name is None:
+        return resolve_pickler(pickler_name).loads(payload)
+    try:
+        mapped = shm.map_segment(name)
+    except OSError as exc:
+        raise RuntimeError(
+            f"the job's bytes were sent through shared memory ({shm.SHM_DIR}/{name}), which is gone: {exc}"
+        ) from None
+    if pickler_name not in _BUFFER_PICKLERS:
+        return resolve_pickler(pickler_name).loads(bytes(mapped))
+    with memoryview(mapped) as view:
+        return resolve_pickler(pickler_name).loads(view)  # type: ignore[arg-type]
+
+
+def _spill(job_id: int, outcome: bytes) -> bytes:
+    """``outcome``, or a reference to a segment holding it if it is big."""
+    if _shm_threshold is None or len(outcome) < _shm_threshold:
+        return outcome
+    name = shm.next_name(f"{_shm_prefix}r{job_id}-{os.getpid()}-")
+    if shm.write_segment(name, (outcome,)):
+        return _SPILLED_TAG + name.encode("ascii")
+    return outcome
 
 
 def run_batch(pickler_name: str, job_ids: Sequence[int], payloads: Sequence[bytes]) -> list[bytes]:
@@ -114,7 +157,7 @@ def run_batch(pickler_name: str, job_ids: Sequence[int], payloads: Sequence[byte
                 _notify.send_bytes(StartRecord(job_id, pid, time.monotonic()).encode())
             except (OSError, ValueError):
                 pass  # the sidecar is going away; the job still runs
-        out.append(run_one(pickler_name, payload))
+        out.append(run_one(pickler_name, payload, job_id))
     return out
 
 
@@ -137,8 +180,11 @@ def worker_init(
     Ctrl-C belongs to the parent, which decides what to do with the pool.
     Then runs the user's initializer, recording a failure for run_one to report.
     """
-    global _init_failure, _notify
+    global _init_failure, _notify, _shm_threshold, _shm_prefix
     _notify = notify
+    threshold, _, prefix = os.environ.pop(SHM_ENV, "").partition(":")
+    if threshold.isdigit() and prefix:
+        _shm_threshold, _shm_prefix = max(1, int(threshold)), prefix
     if os.environ.pop(SAFE_PATH_ADDED_ENV, None) is not None:
         os.environ.pop("PYTHONSAFEPATH", None)  # the jobs' subprocesses see the user's environment
     for fd in close_fds:

@@ -8,14 +8,24 @@ pool calls, worker pids and exit codes, quiesce, reset and shutdown.
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import threading
 from collections.abc import Sequence
 from concurrent.futures import CancelledError, Executor, Future
+from typing import Final
 
 from ...worker import job
 from . import BackendConfig, OnDone
 from ._reap import WorkerTracker, terminate_children
 
 __all__ = ["ExecutorPoolBackend"]
+
+logger = logging.getLogger(__name__)
+
+# How long the old pool's manager thread gets to finish on its own, once its
+# workers are gone, before it is taken for stuck (see ``_join_pool``).
+_MANAGER_JOIN_SECONDS: Final = 1.0
 
 
 class ExecutorPoolBackend:
@@ -72,18 +82,16 @@ class ExecutorPoolBackend:
     def quiesce(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True)
+            self._stop_pool(pool, kill=False)
         # Workers stopped on purpose are not crashes to report.
         self._tracker.forget_dead()
 
     def reset(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            self._abandon(pool)
-            terminate_children()
-            # Join the old pool's threads: the new pool may fork, which must
+            # Its threads are joined: the new pool may fork, which must
             # happen with no other thread alive.
-            pool.shutdown(wait=True)
+            self._stop_pool(pool, kill=True)
         self._tracker.forget_dead()
         self.start()
 
@@ -91,7 +99,43 @@ class ExecutorPoolBackend:
         pool, self._pool = self._pool, None
         if pool is None:
             return
+        self._stop_pool(pool, kill=kill)
+
+    def _stop_pool(self, pool: Executor, *, kill: bool) -> None:
+        """Shut ``pool`` down and join its threads; with ``kill``, abandon its
+        work and terminate its workers first. Bounded even when its manager
+        thread is stuck (see ``_unwedge``)."""
+        # Read before shutdown() drops them.
+        manager = getattr(pool, "_executor_manager_thread", None)
+        result_queue = getattr(pool, "_result_queue", None)
         if kill:
             self._abandon(pool)
             terminate_children()
+        if isinstance(manager, threading.Thread):
+            _unwedge(manager, result_queue)
         pool.shutdown(wait=True)
+
+
+def _unwedge(manager: threading.Thread, result_queue: object) -> None:
+    """Free a pool's manager thread stuck reading half a result, once its workers are gone.
+
+    A worker killed while it writes a result leaves half a message in the
+    result pipe. The stdlib's (and loky's) manager thread then waits for the
+    rest forever: no worker writes it, and this process holds a write end of
+    that pipe, so no EOF comes either (ProcessPoolExecutor itself hangs the
+    same way). Once the workers are gone, closing our write end turns the
+    wait into EOF: the manager thread marks the pool broken, fails its
+    futures (their batches are reported) and exits. This reaches into two
+    private attributes, present in CPython 3.10 to 3.13 and in loky; without
+    them the join that follows is unbounded, as before.
+    """
+    manager.join(_MANAGER_JOIN_SECONDS)
+    if not manager.is_alive() or multiprocessing.active_children():
+        return  # done, or workers still finishing their jobs (quiesce): nothing is stuck
+    writer = getattr(result_queue, "_writer", None)
+    if writer is not None:
+        logger.warning("the old pool's manager thread is stuck reading a half-sent result; closing its pipe")
+        try:
+            writer.close()
+        except OSError:
+            pass

@@ -1,0 +1,207 @@
+"""Big payloads through shared memory: a file in ``/dev/shm`` whose name crosses the pipes.
+
+    parent   pickled job >= threshold --> segment "spx-<parent>-a<n>"      SUBMIT carries JOB_REF + name
+    worker   run_one: JOB_REF --> map the segment, load the job            (never unlinks it: a
+                                                                            re-run needs it again)
+    parent   the job's Job record is dropped (its future ended) --> unlink
+    worker   outcome >= threshold --> segment "spx-<parent>-<sidecar>-r<job>-<n>"
+                                                                           RESULT carries SPILLED + name
+    parent   reader thread: RESULT with SPILLED --> open, unlink, map; the future loads from the map
+
+Copying a payload through two pipes costs two kernel copies per hop and a
+thread wake-up per pipe buffer (64 KiB to 1 MiB); a tmpfs file costs one
+``write`` and one mapping, at memory speed. The sidecar only forwards names:
+it still never unpickles user data.
+
+No segment outlives its job or the death of any process (docs/protocol.md):
+
+* an argument segment belongs to its parent's ``Job`` record (a finalizer
+  unlinks it when the record is dropped, in the process that made it only);
+  if the parent dies, its sidecar unlinks every ``spx-<parent>-`` name once
+  the parent is really gone;
+* a result segment is unlinked by the parent's reader as soon as it reads
+  the RESULT frame naming it; a worker that dies before its outcome was sent
+  leaves segments that the sidecar unlinks when it judges the failed batch
+  (by job id); when a sidecar ends, the parent unlinks whatever its workers
+  left under the sidecar's prefix.
+
+Where ``/dev/shm`` is missing or full, a payload simply takes the pipes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import mmap
+import os
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+__all__ = [
+    "JOB_REF",
+    "SHM_DIR",
+    "Segment",
+    "available",
+    "claim",
+    "job_ref_name",
+    "map_segment",
+    "parent_prefix",
+    "result_prefix",
+    "sweep",
+    "write_segment",
+]
+
+logger = logging.getLogger(__name__)
+
+SHM_DIR: Final = "/dev/shm"
+# What a SUBMIT payload starts with when the job's bytes are in a segment; the
+# segment's name follows. A pickle never starts with a NUL byte (protocol 2+
+# starts with PROTO, 0x80; protocols 0 and 1 with an opcode, none of them NUL).
+JOB_REF: Final = b"\x00subproc_executor.shm\x00"
+# Longest name a reference may carry (NAME_MAX).
+_MAX_NAME: Final = 255
+# os.write moves at most this much per call on Linux.
+_WRITE_CHUNK: Final = 1 << 30
+_counter = itertools.count(1)
+
+
+def available() -> bool:
+    """Whether segments can be made here: a writable tmpfs at ``/dev/shm``."""
+    return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK | os.X_OK)
+
+
+def parent_prefix(parent_pid: int) -> str:
+    """Every segment made for the parent ``parent_pid``, by any of its executors."""
+    return f"spx-{parent_pid}-"
+
+
+def result_prefix(parent_pid: int, sidecar_pid: int) -> str:
+    """The segments the workers of one sidecar make for their outcomes."""
+    return f"spx-{parent_pid}-{sidecar_pid}-"
+
+
+def next_name(prefix: str) -> str:
+    """A fresh name under ``prefix``, unique in this process."""
+    return f"{prefix}{next(_counter)}"
+
+
+def write_segment(name: str, parts: Sequence[bytes | memoryview]) -> bool:
+    """Create the segment ``name`` holding ``parts`` one after another.
+
+    False (and nothing left behind) if it cannot be made: no ``/dev/shm``, no
+    room, the name taken. The caller then sends the bytes through the pipes.
+    """
+    path = os.path.join(SHM_DIR, name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        logger.debug("cannot create shared memory segment %s: %s", path, exc)
+        return False
+    try:
+        for part in parts:
+            view = memoryview(part).cast("B")
+            while view:
+                n = os.write(fd, view[:_WRITE_CHUNK])
+                view = view[n:]
+    except OSError as exc:  # ENOSPC: /dev/shm is full (64 MiB in a default Docker container)
+        logger.info("shared memory segment %s could not be written (%s); using the pipes", path, exc)
+        _unlink(path)
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def map_segment(name: str, *, unlink: bool = False) -> mmap.mmap | bytes:
+    """A read-only mapping of the segment ``name``, unlinked first if asked.
+
+    Raises OSError if it is gone. An empty segment (mmap refuses a zero
+    length) reads as ``b""``.
+    """
+    path = os.path.join(SHM_DIR, name)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if unlink:
+            _unlink(path)
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return b""
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        return mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+
+
+def claim(name: str) -> mmap.mmap | bytes:
+    """Take a result segment: map it and unlink it, so nothing can leave it behind."""
+    return map_segment(name, unlink=True)
+
+
+def job_ref_name(payload: bytes | memoryview) -> str | None:
+    """The segment a SUBMIT payload refers to, or None for a payload carried inline."""
+    if len(payload) > len(JOB_REF) + _MAX_NAME or bytes(payload[: len(JOB_REF)]) != JOB_REF:
+        return None
+    return bytes(payload[len(JOB_REF) :]).decode("ascii", "replace")
+
+
+def sweep(prefixes: Iterable[str]) -> int:
+    """Unlink every segment whose name starts with one of ``prefixes``; how many."""
+    wanted = tuple(prefixes)
+    if not wanted:
+        return 0
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return 0
+    n = 0
+    for name in names:
+        if name.startswith(wanted) and _unlink(os.path.join(SHM_DIR, name)):
+            n += 1
+    if n:
+        logger.info("removed %d shared memory segments left by dead processes (%s)", n, ", ".join(wanted))
+    return n
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
+
+
+class Segment:
+    """A job's argument segment, owned by the parent's record of the job.
+
+    Unlinked by ``release()`` or, at the latest, when the owner drops it;
+    only in the process that made it, so a forked child that drops its copy
+    of the parent's records does not unlink the parent's segments.
+    """
+
+    __slots__ = ("__weakref__", "_finalizer", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._finalizer = weakref.finalize(self, _release, os.path.join(SHM_DIR, name), os.getpid())
+
+    @classmethod
+    def create(cls, prefix: str, data: bytes) -> Segment | None:
+        """A segment holding ``data``, or None if it cannot be made."""
+        name = next_name(prefix)
+        if not write_segment(name, (data,)):
+            return None
+        return cls(name)
+
+    @property
+    def ref(self) -> bytes:
+        """The SUBMIT payload that stands for the job's bytes."""
+        return JOB_REF + self.name.encode("ascii")
+
+    def release(self) -> None:
+        self._finalizer()
+
+
+def _release(path: str, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:
+        _unlink(path)

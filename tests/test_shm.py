@@ -1,0 +1,209 @@
+"""Big payloads through shared memory (``wire.shm``): used above the threshold,
+bytes intact either side of it, and no segment left behind by a finished job
+or by the death of any process in the middle of a transfer.
+
+Segments live in ``/dev/shm`` under ``spx-<parent pid>-``; every test here
+checks that nothing of its parent's prefix remains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import jobs
+import pytest
+from executor_fixtures import ANSWER_WITHIN, FAIL_WITHIN, GONE_WITHIN, POLL_SECONDS, MakeExecutor, wait_gone
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_hardening import Kill, _kill_session, _start_script
+from test_hardening import kill as kill  # a fixture, used by name
+
+from subproc_executor import SubprocExecutor
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this platform")
+
+THRESHOLD = 64 * 1024
+ALL_BACKENDS = pytest.mark.parametrize(
+    "variant",
+    [("process", "fork"), ("loky", None), ("pipes", None)],
+    ids=["process-fork", "loky", "pipes"],
+    indirect=True,
+)
+
+
+def _prefix(pid: int | None = None) -> str:
+    return f"spx-{os.getpid() if pid is None else pid}-"
+
+
+def _left(prefix: str, within: float = GONE_WITHIN) -> list[str]:
+    """Segments under ``prefix`` still there after ``within`` seconds (a sweep may lag a death)."""
+    deadline = time.monotonic() + within
+    while True:
+        names = jobs.shm_names(prefix)
+        if not names or time.monotonic() > deadline:
+            return names
+        time.sleep(POLL_SECONDS)
+
+
+@pytest.fixture(autouse=True)
+def _no_segments_left() -> None:
+    assert not jobs.shm_names(_prefix()), "segments of this process before the test"
+    yield
+    left = _left(_prefix())
+    for name in left:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join("/dev/shm", name))
+    assert not left, f"segments left behind: {left}"
+
+
+@ALL_BACKENDS
+@pytest.mark.timeout(60)
+def test_arguments_at_or_above_the_threshold_travel_through_shared_memory(
+    make_executor: MakeExecutor,
+) -> None:
+    """While a job runs, its argument is in a segment if its pickle reaches the threshold,
+    and is not otherwise; once it has ended, the segment is gone."""
+    ex = make_executor(2, shm_threshold=THRESHOLD)
+    arg_prefix = _prefix() + "a"
+    names, n = ex.submit(jobs.shm_names_with_arg, arg_prefix, b"x" * (2 * THRESHOLD)).result(ANSWER_WITHIN)
+    assert n == 2 * THRESHOLD and len(names) == 1, names
+    names, n = ex.submit(jobs.shm_names_with_arg, arg_prefix, b"x" * 100).result(ANSWER_WITHIN)
+    assert n == 100 and names == []
+    assert _left(_prefix()) == []
+
+
+@ALL_BACKENDS
+@pytest.mark.timeout(120)
+def test_payloads_either_side_of_the_threshold_arrive_intact(make_executor: MakeExecutor) -> None:
+    """Hypothesis picks argument and result sizes around and far past the threshold: every
+    value comes back byte for byte, and no segment outlives its job."""
+    ex = make_executor(2, shm_threshold=THRESHOLD)
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        arg=st.integers(0, 3 * THRESHOLD) | st.sampled_from([THRESHOLD - 40, THRESHOLD, 4 << 20]),
+        result=st.integers(0, 3 * THRESHOLD) | st.sampled_from([THRESHOLD - 1, THRESHOLD, 4 << 20]),
+        fill=st.binary(min_size=1, max_size=7),
+    )
+    def echo(arg: int, result: int, fill: bytes) -> None:
+        data = (fill * (arg // len(fill) + 1))[:arg]
+        assert ex.submit(jobs.identity, data).result(ANSWER_WITHIN) == data
+        out = ex.submit(jobs.make_bytes, result).result(ANSWER_WITHIN)
+        assert out == b"x" * result
+        assert _left(_prefix(), 0) == [] or _left(_prefix()) == []
+
+    echo()
+
+
+@pytest.mark.timeout(60)
+def test_shm_threshold_none_sends_everything_through_the_pipes(make_executor: MakeExecutor) -> None:
+    ex = make_executor(1, shm_threshold=None)
+    names, n = ex.submit(jobs.shm_names_with_arg, _prefix(), b"x" * (4 << 20)).result(ANSWER_WITHIN)
+    assert (names, n) == ([], 4 << 20)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "1M", True])
+def test_bad_shm_threshold_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="shm_threshold"):
+        SubprocExecutor(1, shm_threshold=bad)  # type: ignore[arg-type]
+
+
+@ALL_BACKENDS
+@pytest.mark.timeout(90)
+def test_worker_killed_while_writing_a_big_result_leaves_no_segment(
+    make_executor: MakeExecutor, kill: Kill
+) -> None:
+    """A worker SIGKILLed while it writes its result into a segment: the job fails with
+    WorkerDiedError, the half-written segment is removed, the executor keeps serving."""
+    ex = make_executor(2, shm_threshold=THRESHOLD)
+    for _ in range(2):
+        fut = ex.submit(jobs.result_then_killed_mid_write, 256 << 20, True)
+        with pytest.raises(Exception) as info:
+            fut.result(timeout=FAIL_WITHIN)
+        assert "died" in str(info.value), info.value
+        assert ex.submit(jobs.square, 5).result(ANSWER_WITHIN) == 25
+        assert _left(_prefix()) == []
+
+
+@ALL_BACKENDS
+@pytest.mark.timeout(60)
+def test_worker_killed_holding_a_big_argument_leaves_no_segment(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
+    """The argument's segment outlives a worker killed while using it (a re-run needs it),
+    and goes once the job has ended."""
+    ex = make_executor(2, shm_threshold=THRESHOLD)
+    pid_path, gate = tmp_path / "pid", tmp_path / "gate"
+    fut = ex.submit(jobs.block_with_arg, str(pid_path), str(gate), b"y" * (1 << 20))
+    pid = jobs.read_pid(pid_path, ANSWER_WITHIN)
+    assert jobs.shm_names(_prefix() + "a"), "the argument's segment"
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(Exception) as info:
+        fut.result(timeout=FAIL_WITHIN)
+    assert "died" in str(info.value), info.value
+
+
+PARENT_SCRIPT = """
+    import json, os, sys
+    import jobs
+    from subproc_executor import SubprocExecutor
+
+    tmp = sys.argv[1]
+    ex = SubprocExecutor(2, backend=sys.argv[2], shm_threshold=65536)
+    fut = ex.submit(jobs.block_with_arg, tmp + "/pid", tmp + "/gate", b"z" * (8 << 20))
+    jobs.read_pid(tmp + "/pid")
+    st = ex.statistics()
+    print(json.dumps({"sidecar": st.sidecar_pid, "workers": list(st.worker_pids)}), flush=True)
+    jobs.wait_for_path(tmp + "/never", 300)
+"""
+
+
+@pytest.mark.parametrize("backend", ["process", "pipes"])
+@pytest.mark.timeout(60)
+def test_parent_killed_mid_job_leaves_no_segment(tmp_path: Path, backend: str) -> None:
+    """A parent SIGKILLed while a job holds its big argument: once the sidecar and workers
+    are gone, so is every segment of that parent."""
+    proc = _start_script(tmp_path, PARENT_SCRIPT, str(tmp_path), backend, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        info = json.loads(proc.stdout.readline())
+        assert jobs.shm_names(_prefix(proc.pid)), "the job's argument segment"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not wait_gone({info["sidecar"], *info["workers"]}, GONE_WITHIN)
+        assert _left(_prefix(proc.pid)) == []
+    finally:
+        _kill_session(proc.pid)
+        proc.wait()
+        proc.stdout.close()
+        for name in jobs.shm_names(_prefix(proc.pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join("/dev/shm", name))
+
+
+@ALL_BACKENDS
+@pytest.mark.timeout(60)
+def test_sidecar_killed_while_a_result_is_written_leaves_no_segment(
+    make_executor: MakeExecutor, kill: Kill
+) -> None:
+    """The sidecar SIGKILLed once a worker has begun writing a big result into a segment: the
+    job fails with SidecarDiedError, and the parent removes what the workers left."""
+    ex = make_executor(1, shm_threshold=THRESHOLD)
+    ex.submit(jobs.square, 1).result(ANSWER_WITHIN)
+    sidecar = ex.statistics().sidecar_pid
+    assert sidecar is not None
+    fut = ex.submit(jobs.make_bytes, 512 << 20)
+    deadline = time.monotonic() + ANSWER_WITHIN
+    while not jobs.shm_names(f"{_prefix()}{sidecar}-r") and not fut.done() and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    kill(sidecar)
+    with contextlib.suppress(Exception):
+        fut.result(timeout=FAIL_WITHIN)
+    assert fut.done()
+    assert ex.submit(jobs.square, 6).result(ANSWER_WITHIN) == 36
