@@ -47,6 +47,8 @@ class Profile:
     map_items: int
     map_chunksizes: tuple[int, ...]
     bandwidth_mib: int
+    # Payload sizes of the bandwidth-by-size family, in KiB.
+    sweep_kib: tuple[int, ...]
     big_parent_gib: tuple[int, ...]
     big_parent_trials: int
     # The deliberate idle period of the idle-memory family, and the only sleep
@@ -72,6 +74,7 @@ PROFILES: Final[Mapping[str, Profile]] = {
         map_items=1000,
         map_chunksizes=(1, 100),
         bandwidth_mib=1,
+        sweep_kib=(1, 1024),
         big_parent_gib=(0,),
         big_parent_trials=1,
         idle_seconds=0.5,
@@ -90,6 +93,7 @@ PROFILES: Final[Mapping[str, Profile]] = {
         map_items=20_000,
         map_chunksizes=(1, 1000),
         bandwidth_mib=64,
+        sweep_kib=(1, 16, 256, 4096, 65536),
         big_parent_gib=(0, 2),
         big_parent_trials=1,
         idle_seconds=2.0,
@@ -108,6 +112,7 @@ PROFILES: Final[Mapping[str, Profile]] = {
         map_items=100_000,
         map_chunksizes=(1, 1000),
         bandwidth_mib=64,
+        sweep_kib=(1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144),
         big_parent_gib=(0, 2, 8),
         big_parent_trials=3,
         idle_seconds=5.0,

@@ -1,4 +1,4 @@
-"""PNG plots of a run: latency, throughput and the big-parent curve.
+"""PNG plots of a run: latency, throughput, bandwidth by size and the big-parent curve.
 
 Matplotlib is optional (the ``bench`` extra): without it the plots are skipped
 with a warning and the table and JSON are still written. The Agg backend is
@@ -33,7 +33,8 @@ def write_plots(results: Mapping[str, Any], out: Path) -> list[Path]:
         f"Python {meta['python']}, {meta['usable_cores']} cores, {meta['workers']} workers, {meta['date']}"
     )
     written: list[Path] = []
-    for family, plot in (("latency", _bars), ("throughput", _bars), ("big-parent", _curve)):
+    plots = (("latency", _bars), ("throughput", _bars), ("bandwidth-sweep", _sweep), ("big-parent", _curve))
+    for family, plot in plots:
         if family not in measurements:
             continue
         fig = plot(plt, measurements[family], caption)
@@ -95,5 +96,28 @@ def _curve(plt: Any, family: Mapping[str, Any], caption: str) -> Any:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"big parent: time to first result\n{_subtitle(caption, missing)}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _sweep(plt: Any, family: Mapping[str, Any], caption: str) -> Any:
+    """Bandwidth against payload size, both on log scales, one line per contender."""
+    names, missing = _measured(family)
+    if not names:
+        return None
+    sizes = [(int(m["key"].rsplit("_", 1)[1].removesuffix("k")), m["key"]) for m in family["metrics"]]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name in names:
+        values = family["cells"][name]["values"]
+        points = [(kib, values[key]) for kib, key in sizes if key in values]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks([kib for kib, _ in sizes], [m["label"] for m in family["metrics"]], rotation=30, fontsize=8)
+    ax.set_xlabel("payload size (each way)")
+    ax.set_ylabel("bytes in + out per second (MiB/s)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title(f"bandwidth by payload size\n{_subtitle(caption, missing)}", fontsize=9)
     fig.tight_layout()
     return fig

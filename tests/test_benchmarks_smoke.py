@@ -18,7 +18,16 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = ("cold-start", "latency", "throughput", "bandwidth", "big-parent", "crash", "idle-memory")
+FAMILIES = (
+    "cold-start",
+    "latency",
+    "throughput",
+    "bandwidth",
+    "bandwidth-sweep",
+    "big-parent",
+    "crash",
+    "idle-memory",
+)
 CONTENDERS = ("stdlib-fork", "subproc-process")
 
 

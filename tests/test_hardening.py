@@ -268,15 +268,21 @@ def test_done_callback_may_call_shutdown(make_executor: MakeExecutor, tmp_path: 
             ex.submit(jobs.square, 1)
 
 
-def _submit_interrupted(ex: SubprocExecutor, data: bytes, after: int) -> bool:
+def _submit_interrupted(ex: SubprocExecutor, data: bytes, after: int, *, into_shm: bool = False) -> bool:
     """Submit ``data``, raising KeyboardInterrupt in the main thread once the sidecar has
     read ``after`` more bytes, i.e. while submit() writes. True if the interrupt landed.
+    ``into_shm``: once this process has written ``after`` more bytes (into a segment).
 
     SIGUSR1 from a watcher thread, not SIGALRM: pytest-timeout owns SIGALRM."""
     pid = ex.statistics().sidecar_pid
     assert pid is not None
-    sidecar = psutil.Process(pid)
-    base = sidecar.io_counters().read_chars
+    watched = psutil.Process() if into_shm else psutil.Process(pid)
+
+    def moved() -> int:
+        counters = watched.io_counters()
+        return counters.write_chars if into_shm else counters.read_chars
+
+    base = moved()
     armed = threading.Event()
     armed.set()
 
@@ -287,7 +293,7 @@ def _submit_interrupted(ex: SubprocExecutor, data: bytes, after: int) -> bool:
 
     def watch() -> None:
         while armed.is_set():
-            if sidecar.io_counters().read_chars - base >= after:
+            if moved() - base >= after:
                 signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
                 return
             time.sleep(0.001)
@@ -315,8 +321,9 @@ def test_keyboard_interrupt_during_a_big_submit_leaves_the_executor_usable(
     make_executor: MakeExecutor, kill: Kill
 ) -> None:
     """KeyboardInterrupt while submit() writes a 256 MiB argument to the sidecar leaves the
-    executor usable: later jobs run correctly and shutdown() returns."""
-    ex = make_executor(1)
+    executor usable: later jobs run correctly and shutdown() returns. (Through the pipes:
+    test_shm interrupts the write into shared memory.)"""
+    ex = make_executor(1, shm_threshold=None)
     assert ex.submit(jobs.square, 2).result(timeout=ANSWER_WITHIN) == 4  # the sidecar is up
     data = b"k" * (256 << 20)
     with _unwedged(ex, kill):

@@ -21,7 +21,7 @@ import pytest
 from executor_fixtures import ANSWER_WITHIN, FAIL_WITHIN, GONE_WITHIN, POLL_SECONDS, MakeExecutor, wait_gone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_hardening import Kill, _kill_session, _start_script
+from test_hardening import Kill, _kill_session, _start_script, _submit_interrupted
 from test_hardening import kill as kill  # a fixture, used by name
 
 from subproc_executor import SubprocExecutor
@@ -207,3 +207,20 @@ def test_sidecar_killed_while_a_result_is_written_leaves_no_segment(
         fut.result(timeout=FAIL_WITHIN)
     assert fut.done()
     assert ex.submit(jobs.square, 6).result(ANSWER_WITHIN) == 36
+
+
+@pytest.mark.parametrize("variant", [("pipes", None)], ids=["pipes"], indirect=True)
+@pytest.mark.timeout(60)
+def test_keyboard_interrupt_while_a_big_argument_is_written_leaves_no_segment(
+    make_executor: MakeExecutor,
+) -> None:
+    """KeyboardInterrupt while submit() writes a 256 MiB argument into its segment: submit
+    raises it, the half-written segment is gone, and the executor keeps serving."""
+    ex = make_executor(1, shm_threshold=THRESHOLD)
+    assert ex.submit(jobs.square, 2).result(ANSWER_WITHIN) == 4
+    data = b"k" * (256 << 20)
+    landed = sum(_submit_interrupted(ex, data, after=16 << 20, into_shm=True) for _ in range(3))
+    del data
+    assert landed, "no interrupt landed during a write: nothing was tested"
+    assert _left(_prefix()) == []
+    assert ex.submit(jobs.length, b"m" * (4 << 20)).result(ANSWER_WITHIN) == 4 << 20

@@ -61,8 +61,9 @@ SHM_DIR: Final = "/dev/shm"
 JOB_REF: Final = b"\x00subproc_executor.shm\x00"
 # Longest name a reference may carry (NAME_MAX).
 _MAX_NAME: Final = 255
-# os.write moves at most this much per call on Linux.
-_WRITE_CHUNK: Final = 1 << 30
+# Bytes per os.write: small enough that Ctrl-C lands between writes, big
+# enough that the calls cost nothing next to the copying.
+_WRITE_CHUNK: Final = 16 << 20
 _counter = itertools.count(1)
 
 
@@ -108,6 +109,9 @@ def write_segment(name: str, parts: Sequence[bytes | memoryview]) -> bool:
         logger.info("shared memory segment %s could not be written (%s); using the pipes", path, exc)
         _unlink(path)
         return False
+    except BaseException:  # KeyboardInterrupt mid-write: leave nothing behind
+        _unlink(path)
+        raise
     finally:
         os.close(fd)
     return True
@@ -188,10 +192,13 @@ class Segment:
     @classmethod
     def create(cls, prefix: str, data: bytes) -> Segment | None:
         """A segment holding ``data``, or None if it cannot be made."""
-        name = next_name(prefix)
-        if not write_segment(name, (data,)):
+        # Owned (its finalizer set) before it exists, so no interrupt can
+        # fall between making it and owning it.
+        segment = cls(next_name(prefix))
+        if not write_segment(segment.name, (data,)):
+            segment.detach()
             return None
-        return cls(name)
+        return segment
 
     @property
     def ref(self) -> bytes:
@@ -200,6 +207,10 @@ class Segment:
 
     def release(self) -> None:
         self._finalizer()
+
+    def detach(self) -> None:
+        """Forget the segment without unlinking it (it was never made)."""
+        self._finalizer.detach()
 
 
 def _release(path: str, owner_pid: int) -> None:

@@ -111,8 +111,14 @@ class ExecutorPoolBackend:
         if kill:
             self._abandon(pool)
             terminate_children()
+        else:
+            pool.shutdown(wait=False)  # the manager thread finishes the work, then exits
         if isinstance(manager, threading.Thread):
             _unwedge(manager, result_queue)
+            manager.join()
+            close = getattr(result_queue, "close", None)
+            if callable(close):
+                close()  # what shutdown(wait=True) would have done, had it still known the queue
         pool.shutdown(wait=True)
 
 
