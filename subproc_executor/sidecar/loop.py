@@ -85,6 +85,8 @@ _STATUS_TICK_SECONDS: Final = 0.25
 # (CLOCK_MONOTONIC is system-wide on Linux); elsewhere a start is timed
 # when the sidecar reads its record.
 _SHARED_MONOTONIC: Final = sys.platform.startswith("linux")
+# Bytes asked for per read of the start-record pipe.
+_NOTIFY_READ_BYTES: Final = 65536
 # The length prefix multiprocessing.Connection puts before each message.
 _CONN_HEADER: Final = struct.Struct("!i")
 
@@ -343,11 +345,13 @@ class SidecarLoop:
         fd = self._notify.fileno()
         chunks = [self._notify_buf]
         try:
+            # One read per loop when records wait (a short read means the
+            # pipe is empty now); this runs on every turn of the loop.
             while True:
-                data = os.read(fd, 65536)
-                if not data:
-                    break
+                data = os.read(fd, _NOTIFY_READ_BYTES)
                 chunks.append(data)
+                if len(data) < _NOTIFY_READ_BYTES:
+                    break
         except BlockingIOError:
             pass
         buf = b"".join(chunks)
