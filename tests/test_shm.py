@@ -224,3 +224,34 @@ def test_keyboard_interrupt_while_a_big_argument_is_written_leaves_no_segment(
     assert landed, "no interrupt landed during a write: nothing was tested"
     assert _left(_prefix()) == []
     assert ex.submit(jobs.length, b"m" * (4 << 20)).result(ANSWER_WITHIN) == 4 << 20
+
+
+EXIT_SCRIPT = """
+    import os, sys
+    import jobs
+    from subproc_executor import SubprocExecutor
+
+    ex = SubprocExecutor(1, backend=sys.argv[1], shm_threshold=65536)
+    futs = [ex.submit(jobs.append_length, sys.argv[2], bytes([i]) * (1 << 20)) for i in range(4)]
+    print(os.getpid(), flush=True)
+    # No shutdown(), no result(): at exit the queued jobs still run, as with the stdlib.
+"""
+
+
+@pytest.mark.parametrize("backend", ["process", "pipes"])
+@pytest.mark.timeout(60)
+def test_exit_without_shutdown_runs_big_jobs_and_leaves_no_segment(tmp_path: Path, backend: str) -> None:
+    """A script that submits jobs with big arguments and exits at once: the interpreter's
+    exit waits for them (their segments must still be there), and nothing is left after."""
+    ran = tmp_path / "ran"
+    proc = _start_script(
+        tmp_path, EXIT_SCRIPT, backend, str(ran), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        out, err = proc.communicate(timeout=45)
+    finally:
+        _kill_session(proc.pid)
+    assert proc.returncode == 0, err.decode(errors="replace")
+    pid = int(out.split()[0])
+    assert ran.read_text().split() == [str(1 << 20)] * 4, err.decode(errors="replace")
+    assert _left(_prefix(pid)) == []

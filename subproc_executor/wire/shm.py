@@ -34,7 +34,6 @@ import itertools
 import logging
 import mmap
 import os
-import weakref
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -178,22 +177,25 @@ def _unlink(path: str) -> bool:
 class Segment:
     """A job's argument segment, owned by the parent's record of the job.
 
-    Unlinked by ``release()`` or, at the latest, when the owner drops it;
-    only in the process that made it, so a forked child that drops its copy
-    of the parent's records does not unlink the parent's segments.
+    Unlinked by ``release()`` or, at the latest, when the owner drops it
+    (``__del__``, not ``weakref.finalize``: finalizers are disabled once the
+    interpreter starts to exit, and jobs still queued then run to the end
+    and drop their records afterwards). Only in the process that made it, so
+    a forked child that drops its copy of the parent's records does not
+    unlink the parent's segments.
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "name")
+    __slots__ = ("_owner", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._finalizer = weakref.finalize(self, _release, os.path.join(SHM_DIR, name), os.getpid())
+        self._owner = os.getpid()
 
     @classmethod
     def create(cls, prefix: str, data: bytes) -> Segment | None:
         """A segment holding ``data``, or None if it cannot be made."""
-        # Owned (its finalizer set) before it exists, so no interrupt can
-        # fall between making it and owning it.
+        # Owned before it exists, so no interrupt can fall between making it
+        # and owning it.
         segment = cls(next_name(prefix))
         if not write_segment(segment.name, (data,)):
             segment.detach()
@@ -206,13 +208,17 @@ class Segment:
         return JOB_REF + self.name.encode("ascii")
 
     def release(self) -> None:
-        self._finalizer()
+        """Unlink the segment (once, and only in the process that made it)."""
+        if self._owner == os.getpid():
+            self._owner = 0
+            _unlink(os.path.join(SHM_DIR, self.name))
 
     def detach(self) -> None:
         """Forget the segment without unlinking it (it was never made)."""
-        self._finalizer.detach()
+        self._owner = 0
 
-
-def _release(path: str, owner_pid: int) -> None:
-    if os.getpid() == owner_pid:
-        _unlink(path)
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # at interpreter teardown os may be half gone
+            pass
