@@ -181,7 +181,8 @@ LAYERS: dict[str, Layer] = {
         why="the job table, the current sidecar and the frames between them",
     ),
     "parent.executor": _layer(
-        "stats wire.messages wire.protocol worker.job parent.spawn parent.settings parent.supervisor",
+        "stats wire.messages wire.protocol worker.job worker.pickling parent.spawn parent.settings "
+        "parent.supervisor",
         _NO_LOKY,
         why="the public API; names the backend as a string, never imports one",
     ),

@@ -41,6 +41,7 @@ from ..stats import ExecutorStatistics, SlowJobReport
 from ..wire.messages import SIDECAR_PID_ENV
 from ..wire.protocol import MessageKind
 from ..worker.job import call_chunk
+from ..worker.pickling import dump_into
 from .settings import DEFAULT_SHM_THRESHOLD, make_settings
 from .spawn import sidecar_env
 from .supervisor import Supervisor, shutdown_all_at_exit
@@ -132,6 +133,7 @@ class SubprocExecutor(Executor):
         )
         self._max_workers = settings.max_workers  # read by Dask, as on ProcessPoolExecutor
         self._pickler = settings.pickler
+        self._shm_threshold = settings.shm_threshold
         self._core = Supervisor(settings, sidecar_env())
         # Warm start. Like ProcessPoolExecutor, whose constructor starts no
         # process, a failure to start here (no thread, process or descriptor
@@ -148,11 +150,18 @@ class SubprocExecutor(Executor):
         The call is pickled here, so a function or argument that cannot be
         pickled fails this future at once (and nothing else).
         """
+        segment = None
         try:
-            payload = self._pickler.dumps((fn, args, kwargs))
+            if self._shm_threshold is None:
+                payload = self._pickler.dumps((fn, args, kwargs))
+            else:
+                sink = dump_into(self._pickler, (fn, args, kwargs), self._core.new_job_sink)
+                payload, segment = sink.close()
         except (Exception, SystemExit) as exc:  # a __reduce__ may raise anything; the job fails alone
             return self._core.fail_unpicklable(exc)
-        return self._core.submit_payload(payload)
+        if segment is not None:
+            payload = segment.ref
+        return self._core.submit_payload(payload, segment)
 
     def map(
         self,

@@ -187,21 +187,19 @@ class Supervisor:
 
     # -- submit path (caller threads) ------------------------------------------
 
-    def submit_payload(self, payload: bytes) -> Future[Any]:
-        """Queue a pickled job and send what fits in the window.
+    def new_job_sink(self) -> shm.Sink:
+        """Where ``submit`` pickles a job: big ones go into a segment (see wire.shm)."""
+        return shm.Sink(self.settings.shm_threshold, f"{shm.parent_prefix(os.getpid())}a")
+
+    def submit_payload(self, payload: bytes, segment: shm.Segment | None = None) -> Future[Any]:
+        """Queue a pickled job and send what fits in the window. ``segment``:
+        the job's bytes are there (``payload`` names it); it lives as long as
+        the job's record.
 
         If no sidecar can be started, raises BrokenSubprocExecutor and queues
         nothing: a job its caller was told failed never runs later.
         """
         fut: Future[Any] = Future()
-        segment = None
-        threshold = self.settings.shm_threshold
-        if threshold is not None and len(payload) >= threshold:
-            # Outside the lock: writing a big segment takes a while. The
-            # segment lives as long as the job's record (see wire.shm).
-            segment = shm.Segment.create(f"{shm.parent_prefix(os.getpid())}a", payload)
-            if segment is not None:
-                payload = segment.ref
         with self.lock:
             self.check_open_locked()
             if self.sidecar is None and self._retry is None:

@@ -34,13 +34,14 @@ import itertools
 import logging
 import mmap
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Final
 
 __all__ = [
     "JOB_REF",
     "SHM_DIR",
     "Segment",
+    "Sink",
     "available",
     "claim",
     "job_ref_name",
@@ -48,7 +49,6 @@ __all__ = [
     "parent_prefix",
     "result_prefix",
     "sweep",
-    "write_segment",
 ]
 
 logger = logging.getLogger(__name__)
@@ -84,36 +84,6 @@ def result_prefix(parent_pid: int, sidecar_pid: int) -> str:
 def next_name(prefix: str) -> str:
     """A fresh name under ``prefix``, unique in this process."""
     return f"{prefix}{next(_counter)}"
-
-
-def write_segment(name: str, parts: Sequence[bytes | memoryview]) -> bool:
-    """Create the segment ``name`` holding ``parts`` one after another.
-
-    False (and nothing left behind) if it cannot be made: no ``/dev/shm``, no
-    room, the name taken. The caller then sends the bytes through the pipes.
-    """
-    path = os.path.join(SHM_DIR, name)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        logger.debug("cannot create shared memory segment %s: %s", path, exc)
-        return False
-    try:
-        for part in parts:
-            view = memoryview(part).cast("B")
-            while view:
-                n = os.write(fd, view[:_WRITE_CHUNK])
-                view = view[n:]
-    except OSError as exc:  # ENOSPC: /dev/shm is full (64 MiB in a default Docker container)
-        logger.info("shared memory segment %s could not be written (%s); using the pipes", path, exc)
-        _unlink(path)
-        return False
-    except BaseException:  # KeyboardInterrupt mid-write: leave nothing behind
-        _unlink(path)
-        raise
-    finally:
-        os.close(fd)
-    return True
 
 
 def map_segment(name: str, *, unlink: bool = False) -> mmap.mmap | bytes:
@@ -174,6 +144,103 @@ def _unlink(path: str) -> bool:
     return True
 
 
+class Sink:
+    """Where a payload is pickled to: memory below ``threshold``, a new segment past it.
+
+    A file-like object for ``pickle.Pickler(sink).dump(obj)``. The C pickler
+    writes a small pickle in one call and writes each big ``bytes``/``str``
+    payload straight from the object, so a big payload is copied once, into
+    the segment, instead of into a ``bytes`` first and then into the
+    segment. ``head`` is written first (an outcome's tag byte). ``threshold``
+    None keeps everything in memory. If making or writing the segment fails
+    (``/dev/shm`` full), the rest stays in memory and takes the pipes.
+    """
+
+    def __init__(self, threshold: int | None, prefix: str, head: bytes = b"") -> None:
+        self._threshold = threshold
+        self._prefix = prefix
+        self._parts: list[bytes] = [head] if head else []
+        self._size = len(head)
+        self._fd = -1
+        self._path = ""
+        self._failed = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        n = len(data)
+        if self._fd < 0:
+            # Keep a reference, not a copy, of immutable bytes: the pickler
+            # hands over big payloads themselves.
+            self._parts.append(data if type(data) is bytes else bytes(data))
+            self._size += n
+            if self._threshold is not None and self._size >= self._threshold and not self._failed:
+                self._open()
+        else:
+            self._write_fd(data)
+        return n
+
+    def _open(self) -> None:
+        name = next_name(self._prefix)
+        path = os.path.join(SHM_DIR, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            logger.debug("cannot create shared memory segment %s: %s", path, exc)
+            self._failed = True
+            return
+        self._fd, self._path = fd, path
+        parts, self._parts = self._parts, []
+        for part in parts:
+            self._write_fd(part)
+
+    def _write_fd(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                n = os.write(self._fd, view[:_WRITE_CHUNK])
+                view = view[n:]
+        except OSError as exc:  # ENOSPC: /dev/shm is full; what is there goes back to memory
+            logger.info("segment %s could not be written (%s); using the pipes", self._path, exc)
+            self._fallback()
+            self._parts.append(bytes(view))
+            self._size += len(view)
+
+    def _fallback(self) -> None:
+        """Move what the segment holds back to memory and remove it."""
+        fd, self._fd = self._fd, -1
+        self._failed = True
+        try:
+            with open(fd, "rb", closefd=True) as f:
+                f.seek(0)
+                self._parts = [f.read()]
+        finally:
+            _unlink(self._path)
+            self._path = ""
+
+    def close(self) -> tuple[bytes, Segment | None]:
+        """(the payload, None) if it stayed in memory; (b"", its segment) otherwise.
+
+        The ``Segment`` owns the file from here (it unlinks it when dropped;
+        ``detach()`` it to hand the name on instead)."""
+        if self._fd >= 0:
+            segment = Segment(os.path.basename(self._path))
+            self._path = ""
+            os.close(self._fd)
+            self._fd = -1
+            return b"", segment
+        parts, self._parts = self._parts, []
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), None
+
+    def discard(self) -> None:
+        """Drop everything written, and the segment if one was made. Idempotent."""
+        self._parts = []
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._path:
+            _unlink(self._path)
+            self._path = ""
+
+
 class Segment:
     """A job's argument segment, owned by the parent's record of the job.
 
@@ -190,17 +257,6 @@ class Segment:
     def __init__(self, name: str) -> None:
         self.name = name
         self._owner = os.getpid()
-
-    @classmethod
-    def create(cls, prefix: str, data: bytes) -> Segment | None:
-        """A segment holding ``data``, or None if it cannot be made."""
-        # Owned before it exists, so no interrupt can fall between making it
-        # and owning it.
-        segment = cls(next_name(prefix))
-        if not write_segment(segment.name, (data,)):
-            segment.detach()
-            return None
-        return segment
 
     @property
     def ref(self) -> bytes:

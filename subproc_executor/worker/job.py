@@ -38,7 +38,7 @@ from ..wire.messages import (
     StartRecord,
     encode_error_outcome,
 )
-from .pickling import DEFAULT_PICKLER, resolve_pickler
+from .pickling import DEFAULT_PICKLER, dump_into, resolve_pickler
 
 __all__ = ["call_chunk", "run_batch", "run_one", "worker_init"]
 
@@ -110,14 +110,17 @@ def run_one(pickler_name: str, payload: bytes, job_id: int = 0) -> bytes:
         return _spill(job_id, _error_bytes(OutcomeTag.ERROR, pickler_name, exc, "running the job"))
     del job, fn, args, kwargs  # a big argument need not outlive the call
     try:
-        data = pickler.dumps(value)
+        if _shm_threshold is None:
+            return _VALUE_TAG + pickler.dumps(value)
+        prefix = f"{_shm_prefix}r{job_id}-{os.getpid()}-"
+        sink = dump_into(pickler, value, lambda: shm.Sink(_shm_threshold, prefix, _VALUE_TAG))
+        outcome, segment = sink.close()
     except BaseException as exc:
         return _error_bytes(OutcomeTag.ERROR, pickler_name, exc, "pickling the result in the worker")
-    if _shm_threshold is not None and len(data) + 1 >= _shm_threshold:
-        name = shm.next_name(f"{_shm_prefix}r{job_id}-{os.getpid()}-")
-        if shm.write_segment(name, (_VALUE_TAG, data)):
-            return _SPILLED_TAG + name.encode("ascii")
-    return _VALUE_TAG + data
+    if segment is None:
+        return outcome
+    segment.detach()  # the parent unlinks it once it has read it
+    return _SPILLED_TAG + segment.name.encode("ascii")
 
 
 def _load_job(pickler_name: str, payload: bytes) -> object:
@@ -141,10 +144,13 @@ def _spill(job_id: int, outcome: bytes) -> bytes:
     """``outcome``, or a reference to a segment holding it if it is big."""
     if _shm_threshold is None or len(outcome) < _shm_threshold:
         return outcome
-    name = shm.next_name(f"{_shm_prefix}r{job_id}-{os.getpid()}-")
-    if shm.write_segment(name, (outcome,)):
-        return _SPILLED_TAG + name.encode("ascii")
-    return outcome
+    sink = shm.Sink(_shm_threshold, f"{_shm_prefix}r{job_id}-{os.getpid()}-")
+    sink.write(outcome)
+    data, segment = sink.close()
+    if segment is None:
+        return data
+    segment.detach()  # the parent unlinks it once it has read it
+    return _SPILLED_TAG + segment.name.encode("ascii")
 
 
 def run_batch(pickler_name: str, job_ids: Sequence[int], payloads: Sequence[bytes]) -> list[bytes]:

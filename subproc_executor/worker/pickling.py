@@ -18,9 +18,18 @@ from __future__ import annotations
 
 import importlib
 import pickle
-from typing import Final, Protocol
+from collections.abc import Callable
+from typing import Final, Protocol, TypeVar
 
-__all__ = ["DEFAULT_PICKLER", "HybridPickler", "Pickler", "pickler_name", "resolve_pickler"]
+__all__ = [
+    "DEFAULT_PICKLER",
+    "HybridPickler",
+    "Pickler",
+    "Sink",
+    "dump_into",
+    "pickler_name",
+    "resolve_pickler",
+]
 
 _PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
 _MAIN_MARK: Final = b"__main__"
@@ -53,6 +62,67 @@ class HybridPickler:
         # cloudpickle's output is ordinary pickle data (it needs cloudpickle
         # importable to load, which it is, being our dependency).
         return pickle.loads(data)
+
+
+class Sink(Protocol):
+    """A file-like target of a pickle (``wire.shm.Sink``)."""
+
+    def write(self, data: bytes | memoryview, /) -> int: ...
+
+    def discard(self) -> None: ...
+
+
+S = TypeVar("S", bound=Sink)
+# Writes longer than this are payloads the C pickler writes straight from a
+# bytes or str object (it does so for any of 64 KiB or more; its frames of
+# opcodes stay under 128 KiB). A reference to __main__ is an opcode, never in
+# such a payload, so they are not searched for it.
+_FRAME_LIMIT: Final = 256 * 1024
+
+
+class _MainScan:
+    """Passes writes on, noting whether a frame of opcodes mentions ``__main__``."""
+
+    __slots__ = ("saw_main", "sink")
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.saw_main = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        if not self.saw_main and len(data) <= _FRAME_LIMIT and _MAIN_MARK in data:
+            self.saw_main = True
+        return self.sink.write(data)
+
+
+def dump_into(pickler: Pickler, obj: object, new_sink: Callable[[], S]) -> S:
+    """Pickle ``obj`` into a sink from ``new_sink`` and return the sink.
+
+    The default pickler streams (see ``wire.shm.Sink``): a big payload is
+    copied once. Any other pickler's ``dumps`` result is written in one go.
+    Exceptions propagate, with every sink made discarded.
+    """
+    sink = new_sink()
+    try:
+        if pickler is not HybridPickler:
+            sink.write(pickler.dumps(obj))
+            return sink
+        scan = _MainScan(sink)
+        try:
+            pickle.Pickler(scan, _PROTOCOL).dump(obj)
+            by_value = scan.saw_main
+        except Exception:
+            by_value = True  # lambdas, closures, local and interactively defined objects
+        if by_value:
+            sink.discard()
+            sink = new_sink()
+            import cloudpickle
+
+            cloudpickle.Pickler(sink, _PROTOCOL).dump(obj)
+    except BaseException:
+        sink.discard()
+        raise
+    return sink
 
 
 def _cloudpickle_dumps(obj: object) -> bytes:
