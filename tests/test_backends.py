@@ -451,6 +451,45 @@ def test_dead_worker_fails_its_batch_through_on_done(make_backend: MakeBackend) 
     assert len(rec.calls) == 1
 
 
+class StreamingRecorder(OnDoneRecorder):
+    """An ``on_done`` with ``job_done``, as the sidecar passes: records each job reported early."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: list[tuple[int, bytes]] = []
+
+    def job_done(self, job_id: int, outcome: bytes) -> None:
+        with self._cond:
+            self.jobs.append((job_id, outcome))
+
+
+def test_jobs_finished_before_a_crash_in_their_batch_keep_their_results(make_backend: MakeBackend) -> None:
+    """A batch [square(3), kill_self(), square(4)]: a backend that reports jobs one by one
+    (pipes) hands over job 1's result, then fails only jobs 2 and 3; any other backend fails
+    or reports the whole batch in one call. Either way every job is accounted for exactly once."""
+    backend = make_backend()
+    backend.start()
+    rec = StreamingRecorder()
+    backend.submit(
+        [1, 2, 3], [_payload(jobs.square, 3), _payload(jobs.kill_self), _payload(jobs.square, 4)], rec
+    )
+    assert rec.wait()
+    (final,) = rec.calls
+    assert isinstance(final, BaseException), final
+    early = dict(rec.jobs)
+    if name_of(backend) == "pipes":
+        assert list(early) == [1], rec.jobs
+    assert set(early) <= {1}, rec.jobs
+    if 1 in early:
+        assert _decode(early[1]) == (OutcomeTag.VALUE, 9)
+    backend.reset()
+    assert _run_one(backend, jobs.square, 5) == 25
+
+
+def name_of(backend: Backend) -> str:
+    return str(getattr(backend, "name", type(backend).__name__))
+
+
 def test_shutdown_kill_reports_the_running_batch_once(make_backend: MakeBackend, tmp_path: Path) -> None:
     backend = make_backend()
     backend.start()

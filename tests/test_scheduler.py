@@ -157,3 +157,24 @@ def test_overdue_reports_each_interval_once() -> None:
     assert s.overdue(11.9, 1.0) == []
     assert [r[0] for r in s.overdue(12.1, 1.0)] == [1]
     assert s.running_pids() == {1: 77}
+
+
+def test_a_job_reported_early_leaves_its_batch_and_is_never_rerun() -> None:
+    """job_done takes a job out of its batch: a later failure of the batch judges only
+    the rest, and the job is not in the backend any more."""
+    sched = Scheduler(1, max_batch_jobs=8)
+    for job_id in (1, 2, 3):
+        sched.add(job_id, b"x")
+    sched.depth = 1
+    (batch,) = sched.next_batches()
+    assert batch.job_ids == [1, 2, 3]
+    sched.started(1, 100, 0.0)
+    assert sched.job_done(batch, 1)
+    assert not sched.job_done(batch, 1)
+    assert batch.job_ids == [2, 3]
+    sched.started(2, 100, 1.0)
+    assert sched.running_pids() == {2: 100}
+    failures = sched.failed(batch, {100: -9}, "WorkerDiedError: pid 100")
+    assert [f.job_id for f in failures] == [2]
+    requeued = sched.next_batches()
+    assert [b.job_ids for b in requeued] == [[3]]

@@ -137,39 +137,46 @@ class SidecarLoop:
     # -- backend callbacks (backend threads) ---------------------------------
 
     def _on_done_factory(self, batch: Batch) -> OnDone:
-        def on_done(outcome: list[bytes] | BaseException) -> None:
-            """Report one batch. Runs on a backend thread; never raises, since
-            an escape would be swallowed there and leave the parent waiting."""
-            try:
-                if not isinstance(outcome, BaseException) and len(outcome) != len(batch.jobs):
-                    outcome = RuntimeError(
-                        f"backend returned {len(outcome)} outcomes for {len(batch.jobs)} jobs"
-                    )
-                if isinstance(outcome, BaseException):
-                    with self._failures_lock:
-                        self._failures.append((batch, outcome))
-                    self._wake()
-                else:
-                    results = zip(batch.job_ids, outcome, strict=True)
-                    # Never blocking: this thread may be one the main loop
-                    # joins (a pool's), or one that must keep reading
-                    # workers. False if the parent is gone; the loop sees EOF.
-                    self._writer.try_send_many(
-                        ((MessageKind.RESULT, job_id, out) for job_id, out in results), block=False
-                    )
-                    self._scheduler.done(batch)
-                    # Wake the loop only if it has jobs to hand out, or must
-                    # start the idle clock. Start records pile up meanwhile,
-                    # at most one per job in the parent's window, far below a
-                    # pipe's capacity.
-                    if self._scheduler.has_waiting() or (
-                        self._idle_timeout is not None and self._scheduler.idle
-                    ):
-                        self._wake()
-            except BaseException:
-                logger.exception("reporting jobs %s failed", batch.job_ids)
+        return _BatchReport(self, batch)
 
-        return on_done
+    def _job_done(self, batch: Batch, job_id: int, outcome: bytes) -> None:
+        """One job of a batch finished ahead of the rest. Backend thread; never raises."""
+        try:
+            if self._scheduler.job_done(batch, job_id):
+                self._writer.try_send(MessageKind.RESULT, job_id, outcome, block=False)
+            else:
+                logger.error("backend reported job %d, which is not in its batch %s", job_id, batch.job_ids)
+        except BaseException:
+            logger.exception("reporting job %d failed", job_id)
+
+    def _batch_done(self, batch: Batch, outcome: list[bytes] | BaseException) -> None:
+        """Report one batch (the jobs not reported one by one). Runs on a backend
+        thread; never raises, since an escape would be swallowed there and leave
+        the parent waiting."""
+        try:
+            if not isinstance(outcome, BaseException) and len(outcome) != len(batch.jobs):
+                outcome = RuntimeError(f"backend returned {len(outcome)} outcomes for {len(batch.jobs)} jobs")
+            if isinstance(outcome, BaseException):
+                with self._failures_lock:
+                    self._failures.append((batch, outcome))
+                self._wake()
+            else:
+                results = zip(batch.job_ids, outcome, strict=True)
+                # Never blocking: this thread may be one the main loop
+                # joins (a pool's), or one that must keep reading
+                # workers. False if the parent is gone; the loop sees EOF.
+                self._writer.try_send_many(
+                    ((MessageKind.RESULT, job_id, out) for job_id, out in results), block=False
+                )
+                self._scheduler.done(batch)
+                # Wake the loop only if it has jobs to hand out, or must
+                # start the idle clock. Start records pile up meanwhile,
+                # at most one per job in the parent's window, far below a
+                # pipe's capacity.
+                if self._scheduler.has_waiting() or (self._idle_timeout is not None and self._scheduler.idle):
+                    self._wake()
+        except BaseException:
+            logger.exception("reporting jobs %s failed", batch.job_ids)
 
     def _wake(self) -> None:
         self._wake_pipe.wake()
@@ -505,3 +512,20 @@ class SidecarLoop:
     def _fatal(self, message: str) -> None:
         logger.error("%s", message)
         self._writer.try_send(MessageKind.FATAL, 0, Fatal(message).encode(), block=False)
+
+
+class _BatchReport:
+    """The ``on_done`` of one batch (see ``backends.OnDone``): called at the
+    end, and ``job_done`` for each job a backend reports as it finishes."""
+
+    __slots__ = ("_batch", "_loop")
+
+    def __init__(self, loop: SidecarLoop, batch: Batch) -> None:
+        self._loop = loop
+        self._batch = batch
+
+    def __call__(self, outcome: list[bytes] | BaseException) -> None:
+        self._loop._batch_done(self._batch, outcome)
+
+    def job_done(self, job_id: int, outcome: bytes) -> None:
+        self._loop._job_done(self._batch, job_id, outcome)

@@ -223,6 +223,18 @@ class Scheduler:
 
     # -- outcomes (any thread) ---------------------------------------------------------
 
+    def job_done(self, batch: Batch, job_id: int) -> bool:
+        """One job of ``batch`` finished ahead of the rest (its outcome goes to
+        the parent now): it leaves the batch, so a later failure of the batch
+        neither reruns nor fails it. False if it was not in the batch."""
+        with self._lock:
+            for i, job in enumerate(batch.jobs):
+                if job.job_id == job_id:
+                    del batch.jobs[i]
+                    self._in_backend.pop(job_id, None)
+                    return True
+        return False
+
     def done(self, batch: Batch) -> None:
         """The batch's outcomes went to the parent."""
         with self._lock:

@@ -40,7 +40,7 @@ from ..wire.messages import (
 )
 from .pickling import DEFAULT_PICKLER, dump_into, resolve_pickler
 
-__all__ = ["call_chunk", "run_batch", "run_one", "worker_init"]
+__all__ = ["announce", "call_chunk", "run_batch", "run_one", "worker_init"]
 
 _VALUE_TAG = bytes([OutcomeTag.VALUE])
 _SPILLED_TAG = bytes([OutcomeTag.SPILLED])
@@ -153,16 +153,21 @@ def _spill(job_id: int, outcome: bytes) -> bytes:
     return _SPILLED_TAG + segment.name.encode("ascii")
 
 
+def announce(job_id: int, pid: int) -> None:
+    """Tell the sidecar this worker starts ``job_id`` now (a StartRecord). Never raises."""
+    if _notify is not None:
+        try:
+            _notify.send_bytes(StartRecord(job_id, pid, time.monotonic()).encode())
+        except (OSError, ValueError):
+            pass  # the sidecar is going away; the job still runs
+
+
 def run_batch(pickler_name: str, job_ids: Sequence[int], payloads: Sequence[bytes]) -> list[bytes]:
     """Run jobs one after another in this worker; one outcome each. Never raises."""
     out = []
     pid = os.getpid()
     for job_id, payload in zip(job_ids, payloads, strict=True):
-        if _notify is not None:
-            try:
-                _notify.send_bytes(StartRecord(job_id, pid, time.monotonic()).encode())
-            except (OSError, ValueError):
-                pass  # the sidecar is going away; the job still runs
+        announce(job_id, pid)
         out.append(run_one(pickler_name, payload, job_id))
     return out
 

@@ -3,9 +3,13 @@
 Runs in the worker process; the pipes backend (``sidecar.backends.pipes``)
 starts it with its two pipe ends and speaks this small protocol on them:
 
-    result pipe: READY (once, after the initializer), then one pickled list of
-                 outcome bytes per batch
+    result pipe: READY (once, after the initializer), then one message per
+                 job as it finishes: its id (OUTCOME_ID) and its outcome bytes
     job pipe:    pickled (job ids, job bytes) per batch, or STOP
+
+One message per job, not per batch: the sidecar forwards each result at once,
+and when a job later in the batch kills the worker, the results of the jobs
+before it are already safe (they are not run again).
 
 A worker gets its first batch only after READY, so the sidecar never writes
 to a worker still busy in a slow initializer.
@@ -13,20 +17,24 @@ to a worker still busy in a slow initializer.
 
 from __future__ import annotations
 
+import os
 import pickle
+import struct
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Final
 
 from . import job
 
-__all__ = ["READY", "STOP", "worker_main"]
+__all__ = ["OUTCOME_ID", "READY", "STOP", "worker_main"]
 
 # The stop message: a worker exits when it reads it. A batch is never empty.
 STOP: Final = b""
 # A worker's first message on its result pipe: its initializer has run and it
 # reads its job pipe. Outcomes are never empty.
 READY: Final = b""
+# The head of an outcome message: the job's id.
+OUTCOME_ID: Final = struct.Struct("<Q")
 
 
 def worker_main(
@@ -52,6 +60,7 @@ def worker_main(
     except OSError:
         return  # the sidecar is gone
     done = 0
+    pid = os.getpid()
     while True:
         try:
             data = job_conn.recv_bytes()
@@ -60,11 +69,13 @@ def worker_main(
         if data == STOP:
             return
         job_ids, payloads = pickle.loads(data)
-        outcomes = job.run_batch(pickler, job_ids, payloads)
-        try:
-            result_conn.send_bytes(pickle.dumps(outcomes, pickle.HIGHEST_PROTOCOL))
-        except OSError:
-            return  # the sidecar is gone
+        for job_id, payload in zip(job_ids, payloads, strict=True):
+            job.announce(job_id, pid)
+            outcome = job.run_one(pickler, payload, job_id)
+            try:
+                result_conn.send_bytes(OUTCOME_ID.pack(job_id) + outcome)
+            except OSError:
+                return  # the sidecar is gone
         done += len(job_ids)
         if max_tasks is not None and done >= max_tasks:
             return

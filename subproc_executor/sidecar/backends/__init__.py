@@ -22,6 +22,12 @@ from typing import Protocol
 
 __all__ = ["Backend", "BackendConfig", "BackendFactory", "OnDone", "load_backend"]
 
+# Called once per batch: one outcome (bytes) per job, or the exception that
+# kept the batch from finishing. The callable the sidecar passes also has a
+# method ``job_done(job_id, outcome)``: a backend may report each job as soon
+# as it finishes (a plain callable, as in tests, has no such method; check
+# with getattr). The final call then carries only the outcomes of the jobs not
+# reported yet, in order, or the exception that failed those jobs.
 OnDone = Callable[["list[bytes] | BaseException"], None]
 
 

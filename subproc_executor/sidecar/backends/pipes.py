@@ -5,9 +5,10 @@
      submit(ids, payloads, on_done)
        idle worker? --send batch--------------------------------job pipe-->  _worker_main:
        none idle?   --> FIFO                                                    recv batch
-                                        select(result pipes, sentinels, wake)   run_batch
-     on_done(outcomes) <--------------- recv outcomes  <------result pipe--     send outcomes
-       (writes RESULT frames)           FIFO not empty? send the next batch
+                                        select(result pipes, sentinels, wake)   run each job
+     on_done.job_done <---------------- recv an outcome <-----result pipe--     send its outcome
+       (writes a RESULT frame)          last of the batch? the next batch from
+     on_done([])                        the FIFO first, then report
                                         sentinel ready / EOF: fail that worker's batch only,
                                         reap it, start a replacement
 
@@ -19,12 +20,13 @@ batch or so.
 
 *The reader thread* waits on every worker's result connection and process
 sentinel, and on a self-pipe that wakes it when the set of workers changes or
-when it must stop. On a result it hands the worker the next waiting batch (so
-the worker computes while we report), then calls ``on_done``. On a death it
-fails the batch that worker was running, and only that batch, with
+when it must stop. It reports each job's outcome as it arrives
+(``on_done.job_done``); on a batch's last one it first hands the worker the
+next waiting batch (so the worker computes while we report). On a death it
+fails what is left of the batch that worker was running, and only that, with
 ``WorkerDiedError`` (pid and exit status), reaps the worker and starts a
-replacement. A worker that retires after ``max_tasks_per_child`` jobs is
-replaced without a report.
+replacement: the jobs it finished before dying keep their results. A worker
+that retires after ``max_tasks_per_child`` jobs is replaced without a report.
 
 *Each worker* runs ``_worker_main``: ``job.worker_init``, then batches until
 an empty message or EOF on its job pipe.
@@ -33,8 +35,8 @@ Why it is faster than the stdlib pool inside the sidecar: there a job crosses
 the main thread, the pool's manager thread, its call-queue feeder thread, the
 worker, and the manager thread again; every crossing is a thread wakeup and a
 GIL hand-off. Here a job goes main thread -> worker -> reader thread, which
-calls ``on_done`` itself: two fewer hand-offs each way, and the only pickling
-in the sidecar is one ``pickle.dumps`` of (job ids, payload bytes). And a
+reports each outcome itself: two fewer hand-offs each way, and the only
+pickling in the sidecar is one ``pickle.dumps`` of (job ids, payload bytes). And a
 crash costs less: a dead worker breaks the whole stdlib pool, so every running
 batch fails and innocent jobs run again; here only the dead worker's batch
 fails and the other workers keep running theirs.
@@ -78,7 +80,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.util import Finalize
@@ -86,6 +88,7 @@ from typing import TYPE_CHECKING, Final
 
 from ...errors import WorkerDiedError, describe_exitcode
 from ...wire.fdtools import WakePipe, signal_pid
+from ...worker.pipes_main import OUTCOME_ID as _OUTCOME_ID
 from ...worker.pipes_main import READY as _READY
 from ...worker.pipes_main import STOP as _STOP
 from ...worker.pipes_main import worker_main as _worker_main
@@ -132,6 +135,10 @@ class _Batch:
     job_ids: list[int]
     data: bytes
     on_done: OnDone
+    # Outcomes still to come from the worker.
+    left: int = 0
+    # Outcomes kept for the final call when on_done cannot take them one by one.
+    kept: list[bytes] = field(default_factory=list)
 
 
 @dataclass(eq=False, slots=True)
@@ -253,7 +260,7 @@ class PipesBackend:
         if self._state is not _State.RUNNING:
             self.start()
         ids = list(job_ids)
-        batch = _Batch(ids, pickle.dumps((ids, list(payloads)), pickle.HIGHEST_PROTOCOL), on_done)
+        batch = _Batch(ids, pickle.dumps((ids, list(payloads)), pickle.HIGHEST_PROTOCOL), on_done, len(ids))
         with self._lock:
             worker = self._idle.pop() if self._idle else None
             if worker is None:
@@ -640,39 +647,53 @@ class PipesBackend:
             self._send(worker, batch)
 
     def _on_result(self, worker: _Worker, data: bytes) -> None:
+        """A message from a worker: READY, or one job's outcome (see ``worker.pipes_main``)."""
         if data == _READY:
             self._on_ready(worker)
             return
-        outcomes: list[bytes] | BaseException
-        try:
-            outcomes = pickle.loads(data)
-        except Exception as exc:
-            outcomes = RuntimeError(f"worker pid {worker.pid} sent an undecodable result: {exc!r}")
+        if len(data) < _OUTCOME_ID.size:
+            logger.error("worker pid %d sent a malformed message (%d bytes); dropped", worker.pid, len(data))
+            return
+        (job_id,) = _OUTCOME_ID.unpack_from(data)
+        outcome = data[_OUTCOME_ID.size :]
         following: _Batch | None = None
         replace = False
         with self._lock:
-            batch, worker.batch = worker.batch, None
+            batch = worker.batch
+            last = batch is not None and batch.left <= 1
             if batch is not None:
+                batch.left -= 1
+            if last and batch is not None:
+                worker.batch = None
                 worker.jobs_done += len(batch.job_ids)
-            if self._max_tasks is not None and worker.jobs_done >= self._max_tasks:
-                worker.retiring = True  # it exits now; its exit is not a crash
-                replace = self._state is _State.RUNNING
-                if replace:
-                    self._starting += 1
-            elif self._queue and self._state is _State.RUNNING:
-                following = self._queue.popleft()
-                worker.batch = following
-                worker.sending = True
-            else:
-                self._idle.append(worker)
-            self._changed.notify_all()
+                if self._max_tasks is not None and worker.jobs_done >= self._max_tasks:
+                    worker.retiring = True  # it exits now; its exit is not a crash
+                    replace = self._state is _State.RUNNING
+                    if replace:
+                        self._starting += 1
+                elif self._queue and self._state is _State.RUNNING:
+                    following = self._queue.popleft()
+                    worker.batch = following
+                    worker.sending = True
+                else:
+                    self._idle.append(worker)
+                self._changed.notify_all()
+        if batch is None:
+            logger.error("worker pid %d sent job %d's outcome with no batch in flight", worker.pid, job_id)
+            return
         # Next batch first, so the worker runs it while we report this one.
         if following is not None:
             self._send(worker, following)
-        if batch is None:
-            logger.error("worker pid %d sent a result with no batch in flight; dropped", worker.pid)
+        job_done = getattr(batch.on_done, "job_done", None)
+        if job_done is not None:
+            try:
+                job_done(job_id, outcome)
+            except Exception:
+                logger.exception("job_done for job %d raised", job_id)
         else:
-            self._report(batch, outcomes)
+            batch.kept.append(outcome)
+        if last:
+            self._report(batch, batch.kept)
         if replace:
             self._replace()
 
