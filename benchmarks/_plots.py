@@ -78,23 +78,33 @@ def _bars(plt: Any, family: Mapping[str, Any], caption: str) -> Any:
     return fig
 
 
-def _curve(plt: Any, family: Mapping[str, Any], caption: str) -> Any:
-    """Time to first result against the parent's size, one line per contender."""
+def _lines(plt: Any, family: Mapping[str, Any], suffix: str, figsize: tuple[float, float]) -> Any:
+    """One line per contender of a family whose metric keys end in ``_<x><suffix>``:
+    (figure, axes, [(x, key)], names not measured), or None if nothing was measured."""
     names, missing = _measured(family)
     if not names:
         return None
-    sizes = [(int(m["key"].rsplit("_", 1)[1].removesuffix("gib")), m["key"]) for m in family["metrics"]]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [(int(m["key"].rsplit("_", 1)[1].removesuffix(suffix)), m["key"]) for m in family["metrics"]]
+    fig, ax = plt.subplots(figsize=figsize)
     for name in names:
         values = family["cells"][name]["values"]
-        points = [(gib, values[key]) for gib, key in sizes if key in values]
+        points = [(x, values[key]) for x, key in xs if key in values]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.legend(fontsize=8)
+    return fig, ax, xs, missing
+
+
+def _curve(plt: Any, family: Mapping[str, Any], caption: str) -> Any:
+    """Time to first result against the parent's size, one line per contender."""
+    drawn = _lines(plt, family, "gib", (7, 4.5))
+    if drawn is None:
+        return None
+    fig, ax, sizes, missing = drawn
     ax.set_xlabel("parent's resident memory before the executor starts (GiB)")
     ax.set_ylabel("constructor to first result (ms)")
     ax.set_xticks([gib for gib, _ in sizes])
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     ax.set_title(f"big parent: time to first result\n{_subtitle(caption, missing)}", fontsize=9)
     fig.tight_layout()
     return fig
@@ -102,22 +112,16 @@ def _curve(plt: Any, family: Mapping[str, Any], caption: str) -> Any:
 
 def _sweep(plt: Any, family: Mapping[str, Any], caption: str) -> Any:
     """Bandwidth against payload size, both on log scales, one line per contender."""
-    names, missing = _measured(family)
-    if not names:
+    drawn = _lines(plt, family, "k", (8, 5))
+    if drawn is None:
         return None
-    sizes = [(int(m["key"].rsplit("_", 1)[1].removesuffix("k")), m["key"]) for m in family["metrics"]]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name in names:
-        values = family["cells"][name]["values"]
-        points = [(kib, values[key]) for kib, key in sizes if key in values]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    fig, ax, sizes, missing = drawn
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks([kib for kib, _ in sizes], [m["label"] for m in family["metrics"]], rotation=30, fontsize=8)
     ax.set_xlabel("payload size (each way)")
     ax.set_ylabel("bytes in + out per second (MiB/s)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
     ax.set_title(f"bandwidth by payload size\n{_subtitle(caption, missing)}", fontsize=9)
     fig.tight_layout()
     return fig

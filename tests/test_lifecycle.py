@@ -42,6 +42,7 @@ T = TypeVar("T")
 pytestmark = pytest.mark.timeout(60)
 
 
+
 def wait_for(predicate: Callable[[], T], what: str, timeout: float = ANSWER_WITHIN) -> T:
     """Poll ``predicate`` until it returns something truthy; return that. Fails after ``timeout``."""
     deadline = time.monotonic() + timeout
