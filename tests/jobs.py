@@ -357,3 +357,26 @@ def append_length(path: str, data: bytes) -> int:
     """Append ``len(data)`` as a line to ``path``: a big job's trace that outlives its future."""
     append_line(path, str(len(data)))
     return len(data)
+
+
+class Buffered:
+    """Pickles its data through a ``pickle.PickleBuffer`` (protocol 5), as NumPy arrays do:
+    the pickler then hands a PickleBuffer, which has no len(), to its file's write()."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:
+        import pickle
+
+        return (Buffered._rebuild, (pickle.PickleBuffer(self.data),))
+
+    @staticmethod
+    def _rebuild(buf: bytes) -> Buffered:
+        return Buffered(bytes(buf))
+
+
+def buffered_length(obj: Buffered, n: int) -> Buffered:
+    """Check a Buffered argument's length, and return a new one of ``n`` bytes."""
+    assert isinstance(obj, Buffered), type(obj)
+    return Buffered(bytes(obj.data[:1]) * n)

@@ -255,3 +255,42 @@ def test_exit_without_shutdown_runs_big_jobs_and_leaves_no_segment(tmp_path: Pat
     pid = int(out.split()[0])
     assert ran.read_text().split() == [str(1 << 20)] * 4, err.decode(errors="replace")
     assert _left(_prefix(pid)) == []
+
+
+@ALL_BACKENDS
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("size", [100 * 1024, 1 << 20])
+def test_objects_pickled_through_picklebuffer_go_both_ways(make_executor: MakeExecutor, size: int) -> None:
+    """NumPy arrays pickle through a PickleBuffer, which the pickler hands to the sink as is:
+    under the threshold (pipes) and over it (a segment), an argument and a result of that
+    kind arrive whole."""
+    ex = make_executor(1, shm_threshold=THRESHOLD)
+    out = ex.submit(jobs.buffered_length, jobs.Buffered(b"q" * size), size + 1).result(ANSWER_WITHIN)
+    assert isinstance(out, jobs.Buffered) and out.data == b"q" * (size + 1)
+
+
+def test_a_full_dev_shm_sends_the_payload_through_the_pipes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segment whose write fails (ENOSPC: /dev/shm full) is removed, and every byte
+    written so far and after stays in memory, in order."""
+    import errno
+
+    from subproc_executor.wire import shm
+
+    real_write = os.write
+    calls = {"n": 0}
+
+    def failing_write(fd: int, data: object) -> int:
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shm.os, "write", failing_write)
+    sink = shm.Sink(100, _prefix() + "t", head=b"H")
+    parts = [b"a" * 60, b"b" * 60, b"c" * 60, bytearray(b"d" * 300)]
+    for part in parts:
+        sink.write(part)
+    data, segment = sink.close()
+    assert segment is None
+    assert data == b"H" + b"".join(bytes(p) for p in parts)
+    assert jobs.shm_names(_prefix() + "t") == []

@@ -51,6 +51,7 @@ from ..wire.messages import (
     Fatal,
     JobError,
     JobErrorKind,
+    OutcomeTag,
     Shutdown,
     StartRecord,
     Status,
@@ -87,6 +88,8 @@ _STATUS_TICK_SECONDS: Final = 0.25
 _SHARED_MONOTONIC: Final = sys.platform.startswith("linux")
 # Bytes asked for per read of the start-record pipe.
 _NOTIFY_READ_BYTES: Final = 65536
+# The first byte of an outcome held in shared memory (the segment's name follows).
+_SPILLED_TAG: Final = bytes([OutcomeTag.SPILLED])
 # The length prefix multiprocessing.Connection puts before each message.
 _CONN_HEADER: Final = struct.Struct("!i")
 
@@ -146,6 +149,8 @@ class SidecarLoop:
                 self._writer.try_send(MessageKind.RESULT, job_id, outcome, block=False)
             else:
                 logger.error("backend reported job %d, which is not in its batch %s", job_id, batch.job_ids)
+                if outcome[:1] == _SPILLED_TAG:  # no one else would remove its segment
+                    shm.sweep([outcome[1:].decode("ascii", "replace")])
         except BaseException:
             logger.exception("reporting job %d failed", job_id)
 

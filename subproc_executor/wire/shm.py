@@ -35,7 +35,7 @@ import logging
 import mmap
 import os
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "JOB_REF",
@@ -54,6 +54,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SHM_DIR: Final = "/dev/shm"
+# What the pickler writes: bytes, bytearray, memoryview or pickle.PickleBuffer,
+# any object with the buffer protocol (typing has no name for it before 3.12).
+Buffer = Any
 # What a SUBMIT payload starts with when the job's bytes are in a segment; the
 # segment's name follows. A pickle never starts with a NUL byte (protocol 2+
 # starts with PROTO, 0x80; protocols 0 and 1 with an opcode, none of them NUL).
@@ -165,12 +168,13 @@ class Sink:
         self._path = ""
         self._failed = False
 
-    def write(self, data: bytes | memoryview) -> int:
-        n = len(data)
+    def write(self, data: Buffer) -> int:
+        # The pickler hands over big payloads themselves: bytes, bytearray, or
+        # a pickle.PickleBuffer (NumPy arrays), which has no len().
+        n = len(data) if isinstance(data, (bytes, bytearray)) else memoryview(data).nbytes
         if self._fd < 0:
-            # Keep a reference, not a copy, of immutable bytes: the pickler
-            # hands over big payloads themselves.
-            self._parts.append(data if type(data) is bytes else bytes(data))
+            # Keep a reference, not a copy, of immutable bytes.
+            self._parts.append(data if type(data) is bytes else bytes(memoryview(data).cast("B")))
             self._size += n
             if self._threshold is not None and self._size >= self._threshold and not self._failed:
                 self._open()
@@ -190,9 +194,13 @@ class Sink:
         self._fd, self._path = fd, path
         parts, self._parts = self._parts, []
         for part in parts:
-            self._write_fd(part)
+            if self._fd >= 0:
+                self._write_fd(part)
+            else:  # a write failed (/dev/shm full): the rest stays in memory
+                self._parts.append(part)
+                self._size += len(part)
 
-    def _write_fd(self, data: bytes | memoryview) -> None:
+    def _write_fd(self, data: Buffer) -> None:
         view = memoryview(data).cast("B")
         try:
             while view:

@@ -67,7 +67,7 @@ class HybridPickler:
 class Sink(Protocol):
     """A file-like target of a pickle (``wire.shm.Sink``)."""
 
-    def write(self, data: bytes | memoryview, /) -> int: ...
+    def write(self, data: bytes | bytearray | memoryview | pickle.PickleBuffer, /) -> int: ...
 
     def discard(self) -> None: ...
 
@@ -89,8 +89,10 @@ class _MainScan:
         self.sink = sink
         self.saw_main = False
 
-    def write(self, data: bytes | memoryview) -> int:
-        if not self.saw_main and len(data) <= _FRAME_LIMIT and _MAIN_MARK in data:
+    def write(self, data: bytes | bytearray | memoryview | pickle.PickleBuffer) -> int:
+        # Frames of opcodes are bytes; payloads may be any buffer (a
+        # PickleBuffer, from NumPy arrays, has no len()), and are not searched.
+        if not self.saw_main and type(data) is bytes and len(data) <= _FRAME_LIMIT and _MAIN_MARK in data:
             self.saw_main = True
         return self.sink.write(data)
 
