@@ -22,6 +22,14 @@ stdlib keeps ``max_workers + 1`` calls in its call queue; when more jobs
 wait than that, they are grouped into batches so that a burst of small jobs
 pays the pool's per-call overhead once per batch, not once per job.
 
+One module, over 450 lines: the loop, its timers, the judging of failed
+batches and the watch over the pool's health (a pool that broke while idle,
+or that stopped reporting a dead worker) all read and change the same state
+(the scheduler, the queue of failures, the exit codes kept per pool
+generation), and the batch reports backend threads call must see it too.
+The pool watch is the part to move out once per-job timeouts add a second
+watcher.
+
 The sidecar exits when the parent says SHUTDOWN, when the parent's pipe
 reaches EOF (the parent died), or when its parent pid changes (a backstop
 for an EOF that never comes because some other process holds the pipe).
