@@ -82,3 +82,11 @@ class CrashAtUnpickle:
 
     def __reduce__(self) -> tuple[object, tuple[()]]:
         return segfault, ()
+
+
+def big_then_unloadable(nbytes: int, kind: str = "error") -> list[object]:
+    """A result of over ``nbytes`` (so it travels through shared memory when big)
+    that pickles in the worker and fails to load in the parent: ``kind`` is
+    "error" (UnpicklingError) or "exit" (SystemExit)."""
+    bad = ErrorAtUnpickle() if kind == "error" else ExitAtUnpickle()
+    return [b"x" * nbytes, bad]

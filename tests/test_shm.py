@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import faults
 import jobs
 import pytest
 from executor_fixtures import ANSWER_WITHIN, FAIL_WITHIN, GONE_WITHIN, POLL_SECONDS, MakeExecutor, wait_gone
@@ -25,6 +26,7 @@ from test_hardening import Kill, _kill_session, _start_script, _submit_interrupt
 from test_hardening import kill as kill  # a fixture, used by name
 
 from subproc_executor import SubprocExecutor
+from subproc_executor.errors import BrokenSubprocExecutor
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this platform")
 
@@ -294,3 +296,43 @@ def test_a_full_dev_shm_sends_the_payload_through_the_pipes(monkeypatch: pytest.
     assert segment is None
     assert data == b"H" + b"".join(bytes(p) for p in parts)
     assert jobs.shm_names(_prefix() + "t") == []
+
+
+def _segment_fds(pid: int | str = "self") -> list[str]:
+    """What the descriptors and mappings of process ``pid`` hold of our segments."""
+    held = []
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):
+            target = os.readlink(os.path.join(fd_dir, fd))
+            if target.startswith("/dev/shm/spx-"):
+                held.append(f"fd {fd}: {target}")
+    with open(f"/proc/{pid}/maps") as maps:
+        held += [f"mapped: {line.split()[-2]}" for line in maps if "/dev/shm/spx-" in line]
+    return held
+
+
+@ALL_BACKENDS
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["error", "exit"])
+@pytest.mark.parametrize("with_callback", [False, True], ids=["no-callback", "callback"])
+def test_a_big_result_that_fails_to_load_keeps_no_segment_open(
+    make_executor: MakeExecutor, kind: str, with_callback: bool
+) -> None:
+    """A result read from shared memory that raises while the parent unpickles it fails
+    its job alone; its exception's traceback (kept by the future) must not keep the
+    mapping, nor the descriptor mmap holds for it, until a garbage collection."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc")
+    ex = make_executor(1, shm_threshold=THRESHOLD)
+    assert ex.submit(jobs.square, 3).result(ANSWER_WITHIN) == 9
+    assert _segment_fds() == []
+    fut = ex.submit(faults.big_then_unloadable, 4 * THRESHOLD, kind)
+    if with_callback:
+        fut.add_done_callback(lambda f: None)
+    with pytest.raises(BrokenSubprocExecutor, match="could not be unpickled in the parent"):
+        fut.result(ANSWER_WITHIN)
+    exc = fut.exception()
+    assert exc is not None and exc.__cause__ is not None  # the traceback is alive
+    assert _segment_fds() == []
+    assert ex.submit(jobs.square, 4).result(ANSWER_WITHIN) == 16

@@ -133,6 +133,9 @@ class Deliverer:
             except BaseException:  # fn should not raise; a delivery thread must not die
                 logger.exception("delivering an outcome failed")
             finally:
+                # It holds the job and its outcome (perhaps a mapped segment):
+                # not for as long as this thread then waits idle.
+                del fn
                 with self._lock:
                     self._busy[me] = None
                     self._cond.notify_all()

@@ -81,7 +81,10 @@ def decode_result(job_id: int, payload: Payload, pickler: Pickler) -> Value | Ba
     tag = payload[0] if payload else -1
     if tag == OutcomeTag.VALUE:
         try:
-            return Value(pickler.loads(memoryview(payload)[1:]))  # type: ignore[arg-type]
+            # Views released on the way out: a traceback that keeps the
+            # loader's frame must not keep the mapping exported (unclosable).
+            with memoryview(payload) as whole, whole[1:] as body:
+                return Value(pickler.loads(body))  # type: ignore[arg-type]
         except BaseException as exc:  # even SystemExit from a __reduce__: it fails this job only
             err = BrokenSubprocExecutor(
                 f"job {job_id} ran, but its result could not be unpickled in the parent: "

@@ -269,6 +269,8 @@ class Supervisor:
                         if job.segment is not None:
                             job.segment.release()
                         done.append((job, f, data))
+                    else:
+                        shm.close_mapping(data)  # nobody waits for it
                 elif f.kind is MessageKind.STATUS:
                     reports.append(f)
                 elif f.kind is MessageKind.WORKERS:
@@ -358,6 +360,10 @@ class Supervisor:
                 job_id=job.job_id,
             )
             result.__cause__ = exc
+        finally:
+            # The value is a copy now; an exception's traceback may still
+            # reference the mapping, and must not keep its descriptor open.
+            shm.close_mapping(payload)
         ok = isinstance(result, outcome.Value)
         with self.lock:
             self.table.count(ok=ok)

@@ -44,6 +44,7 @@ __all__ = [
     "Sink",
     "available",
     "claim",
+    "close_mapping",
     "job_ref_name",
     "map_segment",
     "parent_prefix",
@@ -107,6 +108,18 @@ def map_segment(name: str, *, unlink: bool = False) -> mmap.mmap | bytes:
         return mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
     finally:
         os.close(fd)
+
+
+def close_mapping(mapped: object) -> None:
+    """Unmap ``mapped`` now if it is a mapping, closing the descriptor mmap
+    keeps for it: left to the garbage collector, a mapping referenced from a
+    traceback (a result that failed to unpickle) would hold a deleted
+    segment's memory and a descriptor for as long as the exception lives."""
+    if isinstance(mapped, mmap.mmap):
+        try:
+            mapped.close()
+        except BufferError:  # a view of it is still alive: it closes when that goes
+            pass
 
 
 def claim(name: str) -> mmap.mmap | bytes:

@@ -134,10 +134,13 @@ def _load_job(pickler_name: str, payload: bytes) -> object:
         raise RuntimeError(
             f"the job's bytes were sent through shared memory ({shm.SHM_DIR}/{name}), which is gone: {exc}"
         ) from None
-    if pickler_name not in _BUFFER_PICKLERS:
-        return resolve_pickler(pickler_name).loads(bytes(mapped))
-    with memoryview(mapped) as view:
-        return resolve_pickler(pickler_name).loads(view)  # type: ignore[arg-type]
+    try:
+        if pickler_name not in _BUFFER_PICKLERS:
+            return resolve_pickler(pickler_name).loads(bytes(mapped))
+        with memoryview(mapped) as view:
+            return resolve_pickler(pickler_name).loads(view)  # type: ignore[arg-type]
+    finally:
+        shm.close_mapping(mapped)
 
 
 def _spill(job_id: int, outcome: bytes) -> bytes:
