@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -380,3 +381,8 @@ def buffered_length(obj: Buffered, n: int) -> Buffered:
     """Check a Buffered argument's length, and return a new one of ``n`` bytes."""
     assert isinstance(obj, Buffered), type(obj)
     return Buffered(bytes(obj.data[:1]) * n)
+
+
+def loaded_modules(names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` this worker has imported."""
+    return sorted(name for name in names if name in sys.modules)

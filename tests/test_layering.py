@@ -79,6 +79,49 @@ def test_parent_never_imports_a_backend_or_the_sidecar() -> None:
     }, f"the parent imported sidecar-side modules: {report}"
 
 
+# What costs start-up time and memory in every process and no process needs
+# for our own code: dataclasses compiles source per class, and pulls in the
+# modules below (wire.record says why, with numbers).
+NEVER_AT_START = ("dataclasses", "inspect", "ast", "dis")
+
+_START_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+
+    from jobs import loaded_modules
+
+    def loaded(modules):
+        return sorted(m for m in {never!r} if m in modules)
+
+    from subproc_executor import SubprocExecutor
+    with SubprocExecutor(1, backend="pipes") as ex:
+        report = {{
+            "parent, after SubprocExecutor ran a job": loaded(sys.modules),
+            # A pipes worker is forked from the sidecar once its start-up is
+            # done: it has every module the sidecar had then.
+            "sidecar and worker, after a job": ex.submit(loaded_modules, {never!r}).result(60),
+        }}
+    print(json.dumps(report))
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_no_process_imports_dataclasses_or_inspect_to_run_a_job() -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(PACKAGE_DIR.parent), str(Path(__file__).parent), env.get("PYTHONPATH")])
+    )
+    script = _START_SCRIPT.format(never=NEVER_AT_START)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report == {
+        "parent, after SubprocExecutor ran a job": [],
+        "sidecar and worker, after a job": [],
+    }, f"modules loaded at start-up that no process needs: {report}"
+
+
 # -- 2. the import table ---------------------------------------------------------------------
 
 
@@ -101,18 +144,23 @@ def _layer(may_import: str = "", never_external: str = "", why: str = "") -> Lay
 # Only backends/loky.py imports loky (the optional pool stays optional).
 _NO_LOKY = "loky"
 
-_WIRE = "wire wire.protocol wire.messages wire.transport wire.fdtools wire.shm"
+_WIRE = "wire wire.protocol wire.messages wire.transport wire.fdtools wire.shm wire.record"
 _WORKER = "worker worker.job worker.pickling"
 
 LAYERS: dict[str, Layer] = {
     # -- wire: spoken by every process; imports nothing else of ours ---------------------
     "wire": _layer(never_external=_NO_LOKY, why="the folder: what every process speaks"),
+    "wire.record": _layer(
+        never_external=f"dataclasses inspect os threading pickle {_NO_LOKY}",
+        why="typed records without dataclasses' import and per-class compile cost; pure",
+    ),
     "wire.protocol": _layer(
+        "wire.record",
         never_external=f"os threading pickle subprocess {_NO_LOKY}",
-        why="the frame codec; pure functions, no I/O, nothing of ours",
+        why="the frame codec; pure functions, no I/O, nothing of ours but records",
     ),
     "wire.messages": _layer(
-        "wire.protocol",
+        "wire.protocol wire.record",
         f"os threading subprocess {_NO_LOKY}",
         why="typed payloads of every control frame, start records and outcome bytes; pure",
     ),
@@ -148,12 +196,12 @@ LAYERS: dict[str, Layer] = {
     # -- parent: runs in the user's process --------------------------------------------------
     "parent": _layer(never_external=_NO_LOKY, why="the folder: code that runs in the user's process"),
     "parent.settings": _layer(
-        "stats wire.messages wire.shm worker.pickling",
+        "stats wire.messages wire.shm worker.pickling wire.record",
         _NO_LOKY,
         why="validates the constructor once; the table of built-in backends, as strings",
     ),
     "parent.jobtable": _layer(
-        "wire.shm",
+        "wire.shm wire.record",
         f"os subprocess selectors {_NO_LOKY}",
         why="queued / in flight / window / counters; no I/O",
     ),
@@ -161,12 +209,12 @@ LAYERS: dict[str, Layer] = {
         "wire.messages", _NO_LOKY, why="the sidecar's command line, environment and log file"
     ),
     "parent.launcher": _layer(
-        "errors wire.fdtools wire.messages wire.protocol wire.transport parent.spawn",
+        "errors wire.fdtools wire.messages wire.protocol wire.transport parent.spawn wire.record",
         _NO_LOKY,
         why="starts and watches one sidecar process",
     ),
     "parent.outcome": _layer(
-        "errors wire.messages wire.protocol wire.shm worker.pickling",
+        "errors wire.messages wire.protocol wire.shm worker.pickling wire.record",
         _NO_LOKY,
         why="decodes outcome bytes and JOB_ERROR records into values or exceptions",
     ),
@@ -202,11 +250,12 @@ LAYERS: dict[str, Layer] = {
         why="the main loop; loads backend implementations by name at run time",
     ),
     "sidecar.scheduler": _layer(
-        "errors wire.messages",
+        "errors wire.messages wire.record",
         _NO_LOKY,
         why="the sidecar's job bookkeeping; no I/O, no backend calls",
     ),
     "sidecar.backends": _layer(
+        "wire.record",
         never_external=f"multiprocessing concurrent.futures {_NO_LOKY}",
         why="the Backend protocol and load_backend; no heavy imports",
     ),
@@ -228,7 +277,8 @@ LAYERS: dict[str, Layer] = {
         why="the only module that imports loky",
     ),
     "sidecar.backends.pipes": _layer(
-        "sidecar.backends sidecar.backends._reap worker.job worker.pipes_main errors wire.fdtools",
+        "sidecar.backends sidecar.backends._reap worker.job worker.pipes_main errors wire.fdtools "
+        "wire.record",
         _NO_LOKY,
         why="a lean pool of our own: two pipes per worker, one reader thread",
     ),
@@ -336,7 +386,8 @@ def test_module_imports_only_what_its_layer_allows(module: str) -> None:
 
 def test_the_table_itself_keeps_the_rules() -> None:
     # The rules the table must not drift from, whatever rows are added.
-    assert not LAYERS["wire.protocol"].may_import
+    assert not LAYERS["wire.record"].may_import
+    assert LAYERS["wire.protocol"].may_import <= {"wire.record"}
     for name, layer in LAYERS.items():
         if name.startswith("sidecar.backends."):
             assert not any(m.startswith(BACKENDS_NEVER_PREFIXES) for m in layer.may_import), name

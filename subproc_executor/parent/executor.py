@@ -35,9 +35,8 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
-from ..stats import ExecutorStatistics, SlowJobReport
 from ..wire.messages import SIDECAR_PID_ENV
 from ..wire.protocol import MessageKind
 from ..worker.job import call_chunk
@@ -45,6 +44,11 @@ from ..worker.pickling import dump_into
 from .settings import DEFAULT_SHM_THRESHOLD, make_settings
 from .spawn import sidecar_env
 from .supervisor import Supervisor, shutdown_all_at_exit
+
+if TYPE_CHECKING:
+    # Public dataclasses: loaded on first use, so importing the
+    # executor does not load dataclasses (and inspect, ast, ...).
+    from ..stats import ExecutorStatistics, SlowJobReport
 
 __all__ = ["SubprocExecutor"]
 

@@ -29,9 +29,9 @@ import itertools
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, Final
 
+from ..wire.record import Record
 from ..wire.shm import Segment
 
 __all__ = ["Job", "JobTable"]
@@ -42,8 +42,7 @@ MAX_EXTRA_PER_WORKER: Final = 32
 RATE_PERIOD_SECONDS: Final = 0.01
 
 
-@dataclass(slots=True)
-class Job:
+class Job(Record, frozen=False):
     """One submitted call: its id on the wire, its future, its bytes until sent."""
 
     job_id: int

@@ -26,13 +26,13 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Final
 
 from ..errors import describe_exitcode
 from ..wire.fdtools import WakePipe, grow_pipe, open_pidfd
 from ..wire.messages import Fatal, Hello
 from ..wire.protocol import Frame, FrameDecoder, MessageKind, ProtocolError
+from ..wire.record import Record
 from ..wire.transport import READ_CHUNK_BYTES, FrameWriter, read_frames
 from .spawn import open_private_log, sidecar_argv
 
@@ -66,8 +66,7 @@ def _write_if_room(fd: int, poller: select.poll, data: bytes) -> int:
     return 0
 
 
-@dataclass(frozen=True, slots=True)
-class SidecarExit:
+class SidecarExit(Record):
     """How a connection to a sidecar ended."""
 
     pid: int

@@ -13,7 +13,6 @@ import importlib
 import mmap
 import sys
 from concurrent.futures import CancelledError
-from dataclasses import dataclass
 
 from ..errors import (
     BrokenSubprocExecutor,
@@ -32,6 +31,7 @@ from ..wire.messages import (
     encode_error_outcome,
 )
 from ..wire.protocol import ProtocolError
+from ..wire.record import Record
 from ..worker.pickling import Pickler
 
 __all__ = ["Payload", "Value", "add_note", "claim", "decode_result", "job_error"]
@@ -65,8 +65,7 @@ def claim(job_id: int, payload: bytes) -> Payload:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Value:
+class Value(Record):
     """A job's return value (a box, since the value may itself be an exception)."""
 
     value: object

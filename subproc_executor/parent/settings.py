@@ -20,13 +20,17 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from ..stats import SlowJobReport
 from ..wire import shm
 from ..wire.messages import SidecarSettings
+from ..wire.record import Record, field
 from ..worker.pickling import DEFAULT_PICKLER, Pickler, pickler_name, resolve_pickler
+
+if TYPE_CHECKING:
+    # Public dataclasses: loaded on first use, so importing the
+    # executor does not load dataclasses (and inspect, ast, ...).
+    from ..stats import SlowJobReport
 
 __all__ = [
     "BUILTIN_BACKENDS",
@@ -54,8 +58,7 @@ MAX_BATCH_JOBS: Final = 64
 DEFAULT_SHM_THRESHOLD: Final = 256 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class BackendSpec:
+class BackendSpec(Record):
     """What a built-in backend is and can honour."""
 
     # "module:attr" of its factory; imported by the sidecar only.
@@ -203,8 +206,7 @@ def _positive_seconds(name: str, value: object) -> float | None:
     return float(value)
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(Record):
     """Everything the executor was asked for, checked; see ``SubprocExecutor``."""
 
     max_workers: int

@@ -56,10 +56,9 @@ import threading
 import time
 import weakref
 from concurrent.futures import Future
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import BrokenSubprocExecutor, InitializerFailedError, ProtocolError, SidecarDiedError
-from ..stats import ExecutorStatistics, SlowJobReport
 from ..wire import shm
 from ..wire.messages import Hello, Init, Shutdown, Status, Workers
 from ..wire.protocol import Frame, MessageKind
@@ -69,6 +68,11 @@ from .delivery import Deliverer
 from .jobtable import Job, JobTable
 from .launcher import SIDECAR_EXIT_GRACE_SECONDS, SidecarExit, SidecarProcess
 from .settings import Settings
+
+if TYPE_CHECKING:
+    # Public dataclasses: loaded on first use, so importing the
+    # executor does not load dataclasses (and inspect, ast, ...).
+    from ..stats import ExecutorStatistics
 
 __all__ = ["ExecutorState", "Supervisor"]
 
@@ -325,6 +329,8 @@ class Supervisor:
         except ProtocolError as exc:
             logger.warning("ignoring a malformed status report for job %d: %s", frame.job_id, exc)
             return
+        from ..stats import SlowJobReport
+
         report = SlowJobReport(frame.job_id, status.elapsed, status.pid)
         logger.warning(
             "job %d has been running for %.1fs on worker pid %d", report.job_id, report.elapsed, report.pid
@@ -604,6 +610,8 @@ class Supervisor:
         self.finished.set()
 
     def statistics(self) -> ExecutorStatistics:
+        from ..stats import ExecutorStatistics
+
         with self.lock:
             t = self.table
             live = t.queued_live()

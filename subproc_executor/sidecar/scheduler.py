@@ -32,11 +32,11 @@ import math
 import signal
 import threading
 from collections import deque
-from dataclasses import dataclass, replace
 from typing import Final
 
 from ..errors import describe_exitcode
 from ..wire.messages import JobError, JobErrorKind
+from ..wire.record import Record
 
 __all__ = ["Batch", "Failure", "Scheduler", "culprit"]
 
@@ -48,8 +48,7 @@ MAX_CRASH_RETRIES: Final = 2
 MAX_BATCH_BYTES: Final = 1 << 20
 
 
-@dataclass(slots=True)
-class _Job:
+class _Job(Record, frozen=False):
     job_id: int
     payload: bytes
     crash_retries: int = 0
@@ -60,8 +59,7 @@ class _Job:
     reported: int = 0
 
 
-@dataclass(slots=True)
-class Batch:
+class Batch(Record, frozen=False):
     """Jobs handed to the backend together; one worker runs them in order."""
 
     jobs: list[_Job]
@@ -77,8 +75,7 @@ class Batch:
         return [j.payload for j in self.jobs]
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
+class Failure(Record):
     """A job that fails for good, and what to tell the parent about it."""
 
     job_id: int
@@ -284,7 +281,7 @@ class Scheduler:
                         f"job {job.job_id} was running each of the {job.crash_retries} times a worker died; "
                         f"giving up on it (last worker pid {pid}, {died.status})"
                     )
-                    failures.append(Failure(job.job_id, replace(died, message=message)))
+                    failures.append(Failure(job.job_id, died.replace(message=message)))
                     continue
                 # Collateral if the culprit is known to be another worker;
                 # otherwise a suspect, rerun alone to find out.

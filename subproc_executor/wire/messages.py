@@ -1,7 +1,7 @@
 """Typed payloads: every message body that is not opaque job bytes. Pure.
 
 The frame codec (``protocol``) moves bytes; this module says what the bytes
-of each control frame mean. Each record is a frozen dataclass with
+of each control frame mean. Each record is a frozen ``record.Record`` with
 ``encode() -> bytes`` and ``decode(bytes)``; a payload that does not match
 its schema raises ``ProtocolError`` naming the record and the field, so a
 version skew or a corrupt stream is reported, never half-read.
@@ -36,10 +36,10 @@ import math
 import pickle
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Final, NamedTuple, TypeVar
 
 from .protocol import ProtocolError
+from .record import Record
 
 __all__ = [
     "SAFE_PATH_ADDED_ENV",
@@ -147,14 +147,14 @@ def _to_json(v: object) -> object:
     return v
 
 
-class _JsonRecord:
-    """A record whose body is one JSON object with a field per dataclass field."""
+class _JsonRecord(Record):
+    """A record whose body is one JSON object with a field per record field."""
 
     # field name -> validator; every field of the dataclass has one.
     SCHEMA: ClassVar[dict[str, Callable[[object], Any]]]
 
     def encode(self) -> bytes:
-        body = {f.name: _to_json(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+        body = {name: _to_json(getattr(self, name)) for name in self.FIELDS}
         return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
@@ -186,7 +186,6 @@ class _JsonRecord:
 # -- INIT ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class SidecarSettings(_JsonRecord):
     """What the sidecar needs to build and run its pool, decided in the parent."""
 
@@ -231,8 +230,7 @@ class SidecarSettings(_JsonRecord):
     }
 
 
-@dataclass(frozen=True, slots=True)
-class Init:
+class Init(Record):
     """The INIT frame: settings, then the opaque pickled (initializer, initargs)."""
 
     settings: SidecarSettings
@@ -253,7 +251,6 @@ class Init:
 # -- sidecar -> parent ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class Hello(_JsonRecord):
     """The sidecar is ready: its pool is built and its workers started."""
 
@@ -270,7 +267,6 @@ class Hello(_JsonRecord):
     }
 
 
-@dataclass(frozen=True, slots=True)
 class Workers(_JsonRecord):
     """The pool changed: its live workers now, and whether it is quiesced."""
 
@@ -301,7 +297,6 @@ def _kind(v: object) -> JobErrorKind:
         raise TypeError(f"unknown job error kind {v!r}") from None
 
 
-@dataclass(frozen=True, slots=True)
 class JobError(_JsonRecord):
     """A job failed outside user code; the parent turns this into its exception."""
 
@@ -324,7 +319,6 @@ class JobError(_JsonRecord):
     }
 
 
-@dataclass(frozen=True, slots=True)
 class Status(_JsonRecord):
     """The job named by the frame has been running ``elapsed`` seconds on ``pid``."""
 
@@ -334,7 +328,6 @@ class Status(_JsonRecord):
     SCHEMA: ClassVar[dict[str, Callable[[object], Any]]] = {"elapsed": _float, "pid": _nonneg_int}
 
 
-@dataclass(frozen=True, slots=True)
 class Fatal(_JsonRecord):
     """The sidecar cannot go on, and why; it exits after sending this."""
 
@@ -346,7 +339,6 @@ class Fatal(_JsonRecord):
 # -- parent -> sidecar ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class Shutdown(_JsonRecord):
     """Stop: ``kill=False`` finishes the jobs already sent, ``kill=True`` ends them now."""
 

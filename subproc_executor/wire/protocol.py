@@ -27,8 +27,9 @@ import enum
 import operator
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Final
+
+from .record import Record
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
@@ -113,13 +114,20 @@ class MessageKind(enum.IntEnum):
 _KIND_BY_VALUE: Final[dict[int, MessageKind]] = {int(k): k for k in MessageKind}
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(Record):
     """One decoded message."""
 
     kind: MessageKind
     job_id: int = 0
     payload: bytes = b""
+
+    def __init__(self, kind: MessageKind, job_id: int = 0, payload: bytes = b"") -> None:
+        # Spelled out: one is made per frame read, and this is twice as fast
+        # as Record's general __init__.
+        set_ = object.__setattr__
+        set_(self, "kind", kind)
+        set_(self, "job_id", job_id)
+        set_(self, "payload", payload)
 
 
 def encode_header(kind: MessageKind, job_id: int, length: int) -> bytes:

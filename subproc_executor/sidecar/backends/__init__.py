@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
+
+from ...wire.record import Record
 
 __all__ = ["Backend", "BackendConfig", "BackendFactory", "OnDone", "load_backend"]
 
@@ -31,8 +32,7 @@ __all__ = ["Backend", "BackendConfig", "BackendFactory", "OnDone", "load_backend
 OnDone = Callable[["list[bytes] | BaseException"], None]
 
 
-@dataclass(frozen=True, slots=True)
-class BackendConfig:
+class BackendConfig(Record):
     """Everything a backend needs to build its pool, from the parent's
     ``messages.SidecarSettings`` and what the sidecar made."""
 

@@ -80,7 +80,6 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.util import Finalize
@@ -88,6 +87,7 @@ from typing import TYPE_CHECKING, Final
 
 from ...errors import WorkerDiedError, describe_exitcode
 from ...wire.fdtools import WakePipe, signal_pid
+from ...wire.record import Record, field
 from ...worker.pipes_main import OUTCOME_ID as _OUTCOME_ID
 from ...worker.pipes_main import READY as _READY
 from ...worker.pipes_main import STOP as _STOP
@@ -128,8 +128,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(eq=False, slots=True)
-class _Batch:
+class _Batch(Record, frozen=False, eq=False):
     """One ``submit``: job ids (for messages), the encoded batch, its callback."""
 
     job_ids: list[int]
@@ -141,8 +140,7 @@ class _Batch:
     kept: list[bytes] = field(default_factory=list)
 
 
-@dataclass(eq=False, slots=True)
-class _Worker:
+class _Worker(Record, frozen=False, eq=False):
     """One worker process and the sidecar's ends of its two pipes."""
 
     process: BaseProcess
