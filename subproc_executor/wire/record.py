@@ -28,14 +28,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 __all__ = ["FrozenRecordError", "Record", "field"]
 
 if TYPE_CHECKING:
-    from typing_extensions import dataclass_transform
+    from typing_extensions import Self, dataclass_transform
 else:
 
     def dataclass_transform(**_: object) -> Callable[[Any], Any]:
         return lambda obj: obj
 
 
-R = TypeVar("R", bound="Record")
 T = TypeVar("T")
 _MISSING: Any = object()
 
@@ -163,7 +162,7 @@ class Record(metaclass=_RecordMeta):
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), self._values())
 
-    def replace(self: R, **changes: Any) -> R:
+    def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` applied (``dataclasses.replace``)."""
         values = {name: getattr(self, name) for name in self.FIELDS}
         unknown = set(changes) - set(values)
