@@ -55,6 +55,17 @@ class Job(Record, frozen=False):
     # unlinked when the job ends, or when this record is dropped.
     segment: Segment | None = None
 
+    def __init__(
+        self, job_id: int, future: Future[Any], payload: bytes, *, segment: Segment | None = None
+    ) -> None:
+        # Spelled out: one is made per submit (Record's general __init__
+        # fills defaults in a Python loop).
+        self.job_id = job_id
+        self.future = future
+        self.payload = payload
+        self.resent = False
+        self.segment = segment
+
 
 class JobTable:
     """Jobs between ``submit`` and their future's resolution. Caller holds the lock."""

@@ -58,6 +58,17 @@ class _Job(Record, frozen=False):
     # Last elapsed-interval count reported as slow, so each interval reports once.
     reported: int = 0
 
+    def __init__(self, job_id: int, payload: bytes) -> None:
+        # Spelled out, as for every record made per job: Record's general
+        # __init__ fills defaults in a Python loop (profiled: 12% of the
+        # sidecar's time with 3 records a job).
+        self.job_id = job_id
+        self.payload = payload
+        self.crash_retries = 0
+        self.quarantine = False
+        self.start = None
+        self.reported = 0
+
 
 class Batch(Record, frozen=False):
     """Jobs handed to the backend together; one worker runs them in order."""
@@ -65,6 +76,11 @@ class Batch(Record, frozen=False):
     jobs: list[_Job]
     generation: int
     quarantine: bool = False
+
+    def __init__(self, jobs: list[_Job], generation: int, quarantine: bool = False) -> None:
+        self.jobs = jobs
+        self.generation = generation
+        self.quarantine = quarantine
 
     @property
     def job_ids(self) -> list[int]:

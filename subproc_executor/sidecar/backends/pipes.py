@@ -139,6 +139,14 @@ class _Batch(Record, frozen=False, eq=False):
     # Outcomes kept for the final call when on_done cannot take them one by one.
     kept: list[bytes] = field(default_factory=list)
 
+    def __init__(self, job_ids: list[int], data: bytes, on_done: OnDone, left: int = 0) -> None:
+        # Spelled out: one is made per batch (see scheduler._Job).
+        self.job_ids = job_ids
+        self.data = data
+        self.on_done = on_done
+        self.left = left
+        self.kept = []
+
 
 class _Worker(Record, frozen=False, eq=False):
     """One worker process and the sidecar's ends of its two pipes."""
