@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import TYPE_CHECKING
+
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from .errors import (

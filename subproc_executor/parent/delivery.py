@@ -25,7 +25,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["Deliverer"]
 

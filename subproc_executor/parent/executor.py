@@ -35,7 +35,6 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from ..wire.messages import SIDECAR_PID_ENV
 from ..wire.protocol import MessageKind
@@ -45,7 +44,11 @@ from .settings import DEFAULT_SHM_THRESHOLD, make_settings
 from .spawn import sidecar_env
 from .supervisor import Supervisor, shutdown_all_at_exit
 
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, ParamSpec, TypeVar
+
     # Public dataclasses: loaded on first use, so importing the
     # executor does not load dataclasses (and inspect, ast, ...).
     from ..stats import ExecutorStatistics, SlowJobReport
@@ -54,8 +57,9 @@ __all__ = ["SubprocExecutor"]
 
 logger = logging.getLogger(__name__)
 
-P = ParamSpec("P")
-T = TypeVar("T")
+if TYPE_CHECKING:
+    P = ParamSpec("P")
+    T = TypeVar("T")
 
 
 atexit.register(shutdown_all_at_exit)
@@ -181,7 +185,7 @@ class SubprocExecutor(Executor):
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
         chunks = _chunks(iterables, chunksize)
-        futures = cast("list[Future[list[T]]]", [self.submit(call_chunk, fn, chunk) for chunk in chunks])
+        futures: list[Future[list[Any]]] = [self.submit(call_chunk, fn, chunk) for chunk in chunks]
         return _result_iterator(futures, end_time)
 
     def quiesce(self) -> None:

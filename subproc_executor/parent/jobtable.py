@@ -29,10 +29,14 @@ import itertools
 import time
 from collections import deque
 from concurrent.futures import Future
-from typing import Any, Final
 
 from ..wire.record import Record
 from ..wire.shm import Segment
+
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 __all__ = ["Job", "JobTable"]
 

@@ -26,7 +26,6 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Final
 
 from ..errors import describe_exitcode
 from ..wire.fdtools import WakePipe, grow_pipe, open_pidfd
@@ -35,6 +34,11 @@ from ..wire.protocol import Frame, FrameDecoder, MessageKind, ProtocolError
 from ..wire.record import Record
 from ..wire.transport import READ_CHUNK_BYTES, FrameWriter, read_frames
 from .spawn import open_private_log, sidecar_argv
+
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["SidecarExit", "SidecarProcess"]
 

@@ -20,14 +20,17 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
 
 from ..wire import shm
 from ..wire.messages import SidecarSettings
 from ..wire.record import Record, field
 from ..worker.pickling import DEFAULT_PICKLER, Pickler, pickler_name, resolve_pickler
 
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Final
+
     # Public dataclasses: loaded on first use, so importing the
     # executor does not load dataclasses (and inspect, ast, ...).
     from ..stats import SlowJobReport

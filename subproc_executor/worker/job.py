@@ -25,7 +25,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from ..wire import shm
 from ..wire.fdtools import open_pidfd
@@ -39,6 +38,11 @@ from ..wire.messages import (
     encode_error_outcome,
 )
 from .pickling import DEFAULT_PICKLER, dump_into, resolve_pickler
+
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["announce", "call_chunk", "run_batch", "run_one", "worker_init"]
 

@@ -17,9 +17,15 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 from ...wire.record import Record
+
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # Backend is an interface for mypy; a backend need not subclass it
 
 __all__ = ["Backend", "BackendConfig", "BackendFactory", "OnDone", "load_backend"]
 

@@ -15,9 +15,13 @@ import signal
 import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
-from typing import Final
 
 from ...wire.fdtools import signal_pid
+
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 logger = logging.getLogger(__name__)
 

@@ -83,7 +83,6 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.util import Finalize
-from typing import TYPE_CHECKING, Final
 
 from ...errors import WorkerDiedError, describe_exitcode
 from ...wire.fdtools import WakePipe, signal_pid
@@ -95,8 +94,11 @@ from ...worker.pipes_main import worker_main as _worker_main
 from . import BackendConfig, OnDone
 from ._reap import TERMINATE_GRACE_SECONDS, terminate_children
 
+# typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
+    from typing import Final
 
 __all__ = ["PipesBackend"]
 
