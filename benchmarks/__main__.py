@@ -16,7 +16,17 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks import bandsweep, bandwidth, bigparent, coldstart, crash, idlemem, latency, throughput
+from benchmarks import (
+    bandsweep,
+    bandwidth,
+    bigparent,
+    coldstart,
+    crash,
+    idlemem,
+    jobcontrol,
+    latency,
+    throughput,
+)
 from benchmarks._core import GIB, PROFILES, Family
 from benchmarks._env import REPO_ROOT, machine_info, mem_available
 from benchmarks._harness import RunConfig, run_all
@@ -39,6 +49,7 @@ FAMILIES: dict[str, Family] = {
         bigparent.FAMILY,
         crash.FAMILY,
         idlemem.FAMILY,
+        jobcontrol.FAMILY,
     )
 }
 

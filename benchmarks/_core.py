@@ -60,6 +60,8 @@ class Profile:
     crash_wait_seconds: float
     # Multiplies every family's base time limit: a full run moves more data.
     timeout_scale: float
+    # Jobs stopped by their time limit in the job-timeouts family.
+    timeout_trials: int = 20
 
 
 PROFILES: Final[Mapping[str, Profile]] = {
@@ -81,6 +83,7 @@ PROFILES: Final[Mapping[str, Profile]] = {
         crash_jobs=8,
         crash_wait_seconds=20.0,
         timeout_scale=1.0,
+        timeout_trials=3,
     ),
     # The default: about two minutes on a 2-core machine.
     "quick": Profile(
@@ -119,6 +122,7 @@ PROFILES: Final[Mapping[str, Profile]] = {
         crash_jobs=8,
         crash_wait_seconds=60.0,
         timeout_scale=4.0,
+        timeout_trials=100,
     ),
 }
 

@@ -36,3 +36,16 @@ def kill_self() -> NoReturn:
     """Die the way a segfault or the OOM killer would: no exception, no cleanup."""
     os.kill(os.getpid(), signal.SIGKILL)
     raise AssertionError("unreachable: SIGKILL cannot be caught")
+
+
+def note_start_then_sleep(path: str, seconds: float) -> float:
+    """Write when the job started (``time.monotonic()``, system-wide on Linux)
+    to ``path``, then sleep: a job a time limit stops, whose start the parent
+    reads afterwards to time the stop against its deadline."""
+    start = time.monotonic()
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(repr(start))
+    os.replace(tmp, path)
+    time.sleep(seconds)
+    return start

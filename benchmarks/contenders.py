@@ -50,12 +50,12 @@ def _loky(workers: int) -> Callable[[], Executor]:
     return cast("Callable[[], Executor]", functools.partial(module.ProcessPoolExecutor, max_workers=workers))
 
 
-def _subproc(backend: str) -> Callable[[int], Callable[[], Executor]]:
+def _subproc(backend: str, **options: object) -> Callable[[int], Callable[[], Executor]]:
     def load(workers: int) -> Callable[[], Executor]:
         # By name: the package is being written alongside the harness, and an
         # ImportError must become this contender's error cell.
         module = importlib.import_module("subproc_executor")
-        factory = functools.partial(module.SubprocExecutor, max_workers=workers, backend=backend)
+        factory = functools.partial(module.SubprocExecutor, max_workers=workers, backend=backend, **options)
         return cast("Callable[[], Executor]", factory)
 
     return load
@@ -90,6 +90,13 @@ CONTENDERS: Final[dict[str, Contender]] = {
             "subproc-pipes",
             'SubprocExecutor(backend="pipes"): our lean pool inside the sidecar',
             _subproc("pipes"),
+            lifecycle=True,
+        ),
+        Contender(
+            "subproc-pipes-limits",
+            'SubprocExecutor(backend="pipes", job_timeout=3600, cancel_running=True): every job under '
+            "a time limit that never fires, so its row shows what per-job control costs",
+            _subproc("pipes", job_timeout=3600.0, cancel_running=True),
             lifecycle=True,
         ),
     )

@@ -17,10 +17,12 @@ if TYPE_CHECKING:
     from .errors import (
         BrokenSubprocExecutor,
         InitializerFailedError,
+        JobTimeoutError,
         ProtocolError,
         RemoteError,
         SidecarDiedError,
         WorkerDiedError,
+        WorkerMemoryError,
     )
     from .parent.executor import SubprocExecutor
     from .stats import ExecutorStatistics, SlowJobReport
@@ -29,12 +31,14 @@ __all__ = [
     "BrokenSubprocExecutor",
     "ExecutorStatistics",
     "InitializerFailedError",
+    "JobTimeoutError",
     "ProtocolError",
     "RemoteError",
     "SidecarDiedError",
     "SlowJobReport",
     "SubprocExecutor",
     "WorkerDiedError",
+    "WorkerMemoryError",
     "__version__",
 ]
 
@@ -48,6 +52,8 @@ _EXPORTS = {
     "RemoteError": "errors",
     "SidecarDiedError": "errors",
     "WorkerDiedError": "errors",
+    "WorkerMemoryError": "errors",
+    "JobTimeoutError": "errors",
     "SubprocExecutor": "parent.executor",
     "ExecutorStatistics": "stats",
     "SlowJobReport": "stats",

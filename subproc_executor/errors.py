@@ -4,8 +4,11 @@ catches what ``ProcessPoolExecutor`` raises keeps working.
     BrokenProcessPool (stdlib)
       BrokenSubprocExecutor        the pool could not run a job; .job_id
         WorkerDiedError            a worker died running the job; .pid, .exitcode
+          WorkerMemoryError        killed when it passed the job's memory_limit; .limit, .peak
         SidecarDiedError           the sidecar exited; .pid, .returncode, .output_tail
         InitializerFailedError     the initializer raised in a worker; the executor is broken
+    TimeoutError (builtin)
+      JobTimeoutError              killed when it ran past its timeout; .job_id, .limit, .pid
     RemoteError (Exception)        a job's exception that could not cross back intact
     ProtocolError (Exception)      the byte stream between parent and sidecar is corrupt
 
@@ -22,11 +25,13 @@ from .wire.protocol import ProtocolError
 __all__ = [
     "BrokenSubprocExecutor",
     "InitializerFailedError",
+    "JobTimeoutError",
     "ProtocolError",
     "RemoteError",
     "RemoteTraceback",
     "SidecarDiedError",
     "WorkerDiedError",
+    "WorkerMemoryError",
     "describe_exitcode",
     "remote_traceback",
 ]
@@ -70,6 +75,49 @@ class WorkerDiedError(BrokenSubprocExecutor):
         super().__init__(message, job_id=job_id)
         self.pid = pid
         self.exitcode = exitcode
+
+
+class WorkerMemoryError(WorkerDiedError):
+    """The job's worker passed the job's ``memory_limit`` (bytes resident) and
+    was killed. Only this job fails; a new worker takes the dead one's place."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: int | None = None,
+        pid: int | None = None,
+        exitcode: int | None = None,
+        limit: int | None = None,
+        peak: int | None = None,
+    ) -> None:
+        super().__init__(message, job_id=job_id, pid=pid, exitcode=exitcode)
+        self.limit = limit
+        self.peak = peak
+
+
+class JobTimeoutError(TimeoutError):
+    """The job ran longer than its ``timeout`` (counted from when it started)
+    and its worker was killed. Only this job fails; a new worker takes the
+    dead one's place. Not a wait's timeout: ``future.result(timeout)`` still
+    raises ``concurrent.futures.TimeoutError`` and leaves the job running."""
+
+    def __init__(
+        self, message: str, *, job_id: int | None = None, limit: float | None = None, pid: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.limit = limit
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_timeout, (self.args[0] if self.args else "", self.job_id, self.limit, self.pid))
+
+
+def _rebuild_timeout(
+    message: str, job_id: int | None, limit: float | None, pid: int | None
+) -> JobTimeoutError:
+    return JobTimeoutError(message, job_id=job_id, limit=limit, pid=pid)
 
 
 class SidecarDiedError(BrokenSubprocExecutor):

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 POLL_SECONDS = 0.005
@@ -386,3 +387,49 @@ def buffered_length(obj: Buffered, n: int) -> Buffered:
 def loaded_modules(names: tuple[str, ...]) -> list[str]:
     """Which of ``names`` this worker has imported."""
     return sorted(name for name in names if name in sys.modules)
+
+
+def hold_memory(nbytes: int, pid_path: str, seconds: float = 30.0) -> int:
+    """Touch ``nbytes`` of memory, write our pid (the signal that it is held),
+    and keep it for ``seconds``."""
+    block = bytearray(nbytes)
+    for i in range(0, nbytes, 4096):
+        block[i] = 1
+    write_pid(pid_path)
+    time.sleep(seconds)
+    return len(block)
+
+
+def count_into(path: str) -> Iterator[int]:
+    """An endless generator that appends each number it yields to ``path``."""
+    n = 0
+    while True:
+        append_line(path, str(n))
+        yield n
+        n += 1
+
+
+def getpid_then_sleep(pid_path: str, seconds: float) -> int:
+    """Write our pid to ``pid_path``, then sleep."""
+    write_pid(pid_path)
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def append_then_sleep(path: str, text: str, seconds: float) -> str:
+    """Record a run of this job in ``path``, then sleep: a ledger of runs."""
+    append_line(path, text)
+    time.sleep(seconds)
+    return text
+
+
+_kept: list[bytearray] = []
+
+
+def keep_memory(nbytes: int) -> int:
+    """Grow this worker by ``nbytes`` (touched) and keep it after the job; our pid."""
+    block = bytearray(nbytes)
+    for i in range(0, nbytes, 4096):
+        block[i] = 1
+    _kept.append(block)
+    return os.getpid()

@@ -202,7 +202,7 @@ LAYERS: dict[str, Layer] = {
         why="validates the constructor once; the table of built-in backends, as strings",
     ),
     "parent.jobtable": _layer(
-        "wire.shm wire.record",
+        "wire.shm wire.record wire.messages",
         f"os subprocess selectors {_NO_LOKY}",
         why="queued / in flight / window / counters; no I/O",
     ),
@@ -219,13 +219,17 @@ LAYERS: dict[str, Layer] = {
         _NO_LOKY,
         why="decodes outcome bytes and JOB_ERROR records into values or exceptions",
     ),
+    "parent.stoppable": _layer(
+        never_external=f"os subprocess selectors {_NO_LOKY}",
+        why="a Future whose cancel() stops a running job (cancel_running)",
+    ),
     "parent.delivery": _layer(
         never_external=f"os subprocess selectors {_NO_LOKY}",
         why="resolves futures with done-callbacks on threads that never read a pipe",
     ),
     "parent.supervisor": _layer(
         "errors stats wire.messages wire.protocol wire.shm wire.transport parent.outcome parent.jobtable "
-        "parent.launcher parent.settings parent.delivery",
+        "parent.launcher parent.settings parent.delivery parent.stoppable",
         _NO_LOKY,
         why="the job table, the current sidecar and the frames between them",
     ),
@@ -246,9 +250,14 @@ LAYERS: dict[str, Layer] = {
     ),
     "sidecar.loop": _layer(
         "errors wire.fdtools wire.messages wire.protocol wire.shm wire.transport sidecar.backends "
-        "sidecar.scheduler",
+        "sidecar.scheduler sidecar.limits",
         _NO_LOKY,
         why="the main loop; loads backend implementations by name at run time",
+    ),
+    "sidecar.limits": _layer(
+        "sidecar.scheduler wire.fdtools wire.messages",
+        _NO_LOKY,
+        why="stops one job on purpose: KILL, time limits, memory limits",
     ),
     "sidecar.scheduler": _layer(
         "errors wire.messages wire.record",

@@ -23,6 +23,9 @@ from subproc_executor.wire.messages import (
     Init,
     JobError,
     JobErrorKind,
+    JobLimits,
+    Kill,
+    LimitedJob,
     OutcomeTag,
     Shutdown,
     SidecarSettings,
@@ -67,9 +70,13 @@ json_records = st.one_of(
         exitcode=st.none() | st.integers(-64, 255),
         status=st.none() | texts,
         detail=st.none() | texts,
+        limit=st.none() | finite,
+        peak=st.none() | st.integers(0, 2**62),
     ),
     st.builds(Status, elapsed=finite, pid=pids),
-    st.builds(Shutdown, kill=st.booleans()),
+    st.builds(Shutdown, kill=st.booleans(), signal=st.integers(0, 64)),
+    st.builds(JobLimits, timeout=maybe_seconds, memory_limit=st.none() | st.integers(1, 2**50)),
+    st.builds(Kill, kind=st.sampled_from(JobErrorKind), message=texts),
     st.builds(Fatal, message=texts),
 )
 
@@ -84,6 +91,16 @@ def test_init_round_trips_with_any_initializer_bytes(settings: SidecarSettings, 
     # The initializer is opaque pickle bytes: newlines inside it must not matter.
     init = Init(settings, blob)
     assert Init.decode(init.encode()) == init
+
+
+@given(
+    st.builds(JobLimits, timeout=maybe_seconds, memory_limit=st.none() | st.integers(1, 2**50)),
+    st.binary(max_size=200),
+)
+def test_limited_jobs_round_trip_with_any_job_bytes(limits: JobLimits, payload: bytes) -> None:
+    # The job's bytes are opaque: newlines inside them must not matter.
+    job = LimitedJob(limits, payload)
+    assert LimitedJob.decode(job.encode()) == job
 
 
 @given(st.integers(0, 2**64 - 1), pids, finite)
@@ -146,8 +163,9 @@ def test_a_field_of_the_wrong_type_is_named(record: Any, data: st.DataObject) ->
     [
         (b"\xff\xfe", "not JSON"),
         (b"[1, 2]", "not a JSON object"),
-        (b'{"kill": true, "extra": 1}', "unknown fields"),
-        (b'{"kill": 1}', "field 'kill': expected true or false"),
+        (b'{"kill": true, "signal": 0, "extra": 1}', "unknown fields"),
+        (b'{"kill": 1, "signal": 0}', "field 'kill': expected true or false"),
+        (b'{"kill": true}', "field 'signal' is missing"),
         (b"", "not JSON"),
     ],
 )

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from subproc_executor.sidecar.scheduler import MAX_BATCH_BYTES, MAX_CRASH_RETRIES, Scheduler, culprit
-from subproc_executor.wire.messages import JobErrorKind
+from subproc_executor.wire.messages import JobError, JobErrorKind, JobLimits
 
 KILLED = -signal.SIGKILL
 TERMINATED = -signal.SIGTERM
@@ -178,3 +178,75 @@ def test_a_job_reported_early_leaves_its_batch_and_is_never_rerun() -> None:
     assert [f.job_id for f in failures] == [2]
     requeued = sched.next_batches()
     assert [b.job_ids for b in requeued] == [[3]]
+
+
+# -- stopping jobs on purpose (sidecar.limits drives these) -----------------------------
+
+
+def _cancel(job_id: int) -> JobError:
+    return JobError(JobErrorKind.CANCELLED, f"job {job_id} was cancelled")
+
+
+def test_a_waiting_job_stopped_is_dropped() -> None:
+    s = _scheduler(workers=1, jobs=2)
+    s.next_batches()  # jobs 1 and 2 go to the backend
+    s.add(3, b"x")
+    assert s.kill(3, _cancel(3)) == ("dropped", None)
+    assert s.has_waiting() is False
+
+
+def test_a_running_job_stopped_fails_with_its_error_and_its_batch_mates_rerun_without_blame() -> None:
+    s = Scheduler(1, max_batch_jobs=64)
+    for i in range(1, 7):
+        s.add(i, b"x", JobLimits(timeout=1.0))
+    batch, _ = s.next_batches()  # two places in the backend: [1, 2, 3] and [4, 5, 6]
+    assert batch.job_ids == [1, 2, 3]
+    assert s.started(1, 100, 0.0) is None
+    assert s.job_done(batch, 1)
+    assert s.started(2, 100, 5.0) is None
+    ((job_id, error),) = s.expired(6.5)
+    assert job_id == 2 and error.kind is JobErrorKind.TIMEOUT and error.pid == 100 and error.limit == 1.0
+    assert s.kill(job_id, error) == ("running", 100)
+    assert s.expired(7.0) == []  # decided once
+    (failure,) = s.failed(batch, {100: KILLED}, "WorkerDiedError", died_pid=100)
+    assert failure.job_id == 2 and failure.error.kind is JobErrorKind.TIMEOUT
+    assert failure.error.exitcode == KILLED
+    (again,) = s.next_batches()
+    assert again.job_ids == [3] and not again.quarantine
+    assert again.jobs[0].crash_retries == 0 and again.jobs[0].kill is None
+
+
+def test_a_job_stopped_before_it_started_names_its_worker_when_it_starts() -> None:
+    s = Scheduler(1, max_batch_jobs=64)
+    for i in range(1, 5):
+        s.add(i, b"x")
+    batch, _ = s.next_batches()  # [1, 2] and [3, 4]
+    assert s.kill(2, _cancel(2)) == ("pending", None)
+    assert s.started(1, 100, 0.0) is None
+    assert s.job_done(batch, 1)
+    assert s.started(2, 100, 1.0) == 100  # kill it now
+    (failure,) = s.failed(batch, {100: KILLED}, "WorkerDiedError", died_pid=100)
+    assert failure.job_id == 2 and failure.error.kind is JobErrorKind.CANCELLED and failure.error.pid == 100
+
+
+def test_a_finished_job_cannot_be_stopped() -> None:
+    s = _scheduler(workers=1, jobs=1)
+    (batch,) = s.next_batches()
+    s.done(batch)
+    assert s.kill(1, _cancel(1)) == ("gone", None)
+
+
+def test_deadlines_and_memory_watch_cover_only_running_limited_jobs() -> None:
+    s = Scheduler(2, max_batch_jobs=1)
+    s.add(1, b"x", JobLimits(timeout=2.0))
+    s.add(2, b"x", JobLimits(memory_limit=1 << 20))
+    s.add(3, b"x")
+    s.next_batches()
+    assert s.next_deadline() == float("inf") and s.memory_watch() == []  # none started yet
+    s.started(1, 101, 10.0)
+    s.started(2, 102, 10.0)
+    s.started(3, 103, 10.0)
+    assert s.next_deadline() == 12.0
+    assert s.memory_watch() == [(2, 102, 1 << 20)]
+    assert s.expired(11.9) == []
+    assert [job_id for job_id, _ in s.expired(12.0)] == [1]

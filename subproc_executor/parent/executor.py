@@ -30,30 +30,34 @@ import atexit
 import itertools
 import logging
 import os
+import signal
+import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
+from concurrent.futures import wait as wait_all
 
 from ..wire.messages import SIDECAR_PID_ENV
 from ..wire.protocol import MessageKind
 from ..worker.job import call_chunk
 from ..worker.pickling import dump_into
-from .settings import DEFAULT_SHM_THRESHOLD, make_settings
+from .settings import DEFAULT_SHM_THRESHOLD, JobOptions, make_options, make_settings
 from .spawn import sidecar_env
 from .supervisor import Supervisor, shutdown_all_at_exit
 
 # typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, ParamSpec, TypeVar
+    from typing import Any, Final, ParamSpec, TypeVar
 
     # Public dataclasses: loaded on first use, so importing the
     # executor does not load dataclasses (and inspect, ast, ...).
     from ..stats import ExecutorStatistics, SlowJobReport
 
-__all__ = ["SubprocExecutor"]
+__all__ = ["JobOptionsExecutor", "SubprocExecutor"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,16 @@ if TYPE_CHECKING:
 
 
 atexit.register(shutdown_all_at_exit)
+
+
+class _Unset:
+    """The default of ``options()``'s arguments: keep the executor's own."""
+
+    def __repr__(self) -> str:
+        return "<executor default>"
+
+
+_UNSET: Final = _Unset()
 
 
 class SubprocExecutor(Executor):
@@ -100,6 +114,17 @@ class SubprocExecutor(Executor):
             travel through shared memory (``/dev/shm``) instead of the
             pipes; None sends everything through the pipes. Where
             ``/dev/shm`` is missing or full, payloads take the pipes anyway.
+        job_timeout: seconds a job may run (counted from when it starts);
+            past it its worker is killed and the job fails with
+            ``JobTimeoutError``. Other jobs are not touched.
+        memory_limit: bytes of resident memory a worker may hold while it
+            runs a job; past it the worker is killed and the job fails with
+            ``WorkerMemoryError``.
+        cancel_running: ``Future.cancel()`` stops a running job too (its
+            worker is killed) and returns True.
+        The last three are defaults for every job; ``options()`` sets them
+        for some. They need a backend that can lose one worker without
+        breaking its pool: "pipes" (others refuse them).
     """
 
     def __init__(
@@ -118,6 +143,9 @@ class SubprocExecutor(Executor):
         status_interval: float | None = None,
         on_status: Callable[[SlowJobReport], object] | None = None,
         shm_threshold: int | None = DEFAULT_SHM_THRESHOLD,
+        job_timeout: float | None = None,
+        memory_limit: int | None = None,
+        cancel_running: bool = False,
     ) -> None:
         if os.environ.get(SIDECAR_PID_ENV) == str(os.getpid()):
             raise RuntimeError(
@@ -138,7 +166,12 @@ class SubprocExecutor(Executor):
             status_interval=status_interval,
             on_status=on_status,
             shm_threshold=shm_threshold,
+            job_timeout=job_timeout,
+            memory_limit=memory_limit,
+            cancel_running=cancel_running,
         )
+        self._settings = settings
+        self._options: JobOptions | None = settings.options if settings.options != JobOptions() else None
         self._max_workers = settings.max_workers  # read by Dask, as on ProcessPoolExecutor
         self._pickler = settings.pickler
         self._shm_threshold = settings.shm_threshold
@@ -158,6 +191,15 @@ class SubprocExecutor(Executor):
         The call is pickled here, so a function or argument that cannot be
         pickled fails this future at once (and nothing else).
         """
+        return self._submit(self._options, fn, args, kwargs)
+
+    def _submit(
+        self,
+        options: JobOptions | None,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future[Any]:
         segment = None
         try:
             if self._shm_threshold is None:
@@ -169,7 +211,7 @@ class SubprocExecutor(Executor):
             return self._core.fail_unpicklable(exc)
         if segment is not None:
             payload = segment.ref
-        return self._core.submit_payload(payload, segment)
+        return self._core.submit_payload(payload, segment, options)
 
     def map(
         self,
@@ -177,16 +219,79 @@ class SubprocExecutor(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[T]:
         """Like ``ProcessPoolExecutor.map``: results in order, ``timeout``
         counted from this call, a job's exception raised when its result is
-        reached, items sent ``chunksize`` at a time."""
+        reached, items sent ``chunksize`` at a time.
+
+        ``buffersize`` (Python 3.14's meaning, on every version): the inputs
+        are read lazily, and at most ``buffersize`` chunks are submitted ahead
+        of the consumer (never one more), so an endless iterator works.
+        """
+        return self._map(self._options, fn, iterables, timeout, chunksize, buffersize)
+
+    def _map(
+        self,
+        options: JobOptions | None,
+        fn: Callable[..., T],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+        buffersize: int | None,
+    ) -> Iterator[T]:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        if buffersize is not None:
+            if isinstance(buffersize, bool) or not isinstance(buffersize, int):
+                raise TypeError("buffersize must be an integer or None")
+            if buffersize < 1:
+                raise ValueError("buffersize must be None or > 0")
         end_time = None if timeout is None else timeout + time.monotonic()
         chunks = _chunks(iterables, chunksize)
-        futures: list[Future[list[Any]]] = [self.submit(call_chunk, fn, chunk) for chunk in chunks]
-        return _result_iterator(futures, end_time)
+        if buffersize is None:
+            futures: list[Future[list[Any]]] = [
+                self._submit(options, call_chunk, (fn, chunk), {}) for chunk in chunks
+            ]
+            return _result_iterator(futures, end_time)
+        return _buffered_results(
+            lambda chunk: self._submit(options, call_chunk, (fn, chunk), {}), chunks, buffersize, end_time
+        )
+
+    def options(
+        self,
+        *,
+        timeout: float | _Unset | None = _UNSET,
+        memory_limit: int | _Unset | None = _UNSET,
+        cancel_running: bool | _Unset = _UNSET,
+    ) -> JobOptionsExecutor:
+        """An Executor sharing this pool whose jobs get these options (the
+        others keep this executor's defaults). Hand it to any code that takes
+        an executor. Its ``shutdown()`` closes it, not the pool: see
+        ``JobOptionsExecutor``."""
+        base = self._options or JobOptions()
+        options = make_options(
+            self._settings.backend,
+            self._settings.spec,
+            base.timeout if isinstance(timeout, _Unset) else timeout,
+            base.memory_limit if isinstance(memory_limit, _Unset) else memory_limit,
+            base.cancel_running if isinstance(cancel_running, _Unset) else cancel_running,
+        )
+        return JobOptionsExecutor(self, options)
+
+    def terminate_workers(self) -> None:
+        """Python 3.14's ``ProcessPoolExecutor.terminate_workers()``, on every
+        version: no new jobs, queued ones cancelled, every worker sent
+        SIGTERM now; running jobs fail as their workers die. Returns at once."""
+        self._force_shutdown(signal.SIGTERM)
+
+    def kill_workers(self) -> None:
+        """``terminate_workers()`` with SIGKILL (Python 3.14's meaning)."""
+        self._force_shutdown(signal.SIGKILL)
+
+    def _force_shutdown(self, sig: int) -> None:
+        self._core.force_shutdown(sig)
+        self._core.shutdown(False, True)
 
     def quiesce(self) -> None:
         """Release the workers once the jobs already sent finish. The sidecar
@@ -219,6 +324,94 @@ def _chunks(iterables: tuple[Iterable[Any], ...], chunksize: int) -> Iterator[tu
         if not chunk:
             return
         yield chunk
+
+
+class JobOptionsExecutor(Executor):
+    """``SubprocExecutor.options(...)``: the same pool, other per-job options.
+
+    ``submit`` and ``map`` behave as the executor's, with these options.
+    ``shutdown(wait, cancel_futures)`` closes this view only: it refuses new
+    jobs, cancels its own queued jobs if asked, and with ``wait`` waits for
+    the jobs submitted through it. It never stops the pool, which others
+    share: shut the ``SubprocExecutor`` itself down for that. So handing a
+    view to code that ends with ``with executor:`` is safe.
+    """
+
+    def __init__(self, executor: SubprocExecutor, options: JobOptions) -> None:
+        self._executor = executor
+        self.job_options = options
+        self._max_workers = executor._max_workers
+        self._lock = threading.Lock()
+        self._closed = False
+        self._futures: weakref.WeakSet[Future[Any]] = weakref.WeakSet()
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        fut = self._executor._submit(self.job_options, fn, args, kwargs)
+        with self._lock:
+            self._futures.add(fut)
+        return fut
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[T]:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        return self._executor._map(self.job_options, fn, iterables, timeout, chunksize, buffersize)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            futures = list(self._futures)
+        if cancel_futures:
+            for fut in futures:
+                if not fut.running():
+                    fut.cancel()
+        if wait:
+            wait_all(futures)
+
+
+def _buffered_results(
+    submit: Callable[[tuple[tuple[Any, ...], ...]], Future[list[T]]],
+    chunks: Iterator[tuple[tuple[Any, ...], ...]],
+    buffersize: int,
+    end_time: float | None,
+) -> Iterator[T]:
+    """``map`` with ``buffersize``: at most ``buffersize`` chunks submitted whose
+    results are not yet in hand. The next chunk is submitted once the oldest
+    one's result arrives, before its values are yielded (3.14 submits it
+    before waiting for the oldest: one more in flight, gh-131466)."""
+    pending: deque[Future[list[T]]] = deque()
+    try:
+        for chunk in itertools.islice(chunks, buffersize):
+            pending.append(submit(chunk))
+        while pending:
+            fut = pending[0]
+            if end_time is None:
+                values = fut.result()
+            else:
+                remaining = end_time - time.monotonic()
+                if remaining <= 0 and not fut.done():
+                    raise FuturesTimeoutError()
+                values = fut.result(max(0.0, remaining))
+            pending.popleft()
+            del fut
+            for chunk in itertools.islice(chunks, 1):
+                pending.append(submit(chunk))
+            values.reverse()
+            while values:
+                yield values.pop()
+    finally:
+        for fut in pending:
+            fut.cancel()
 
 
 def _result_iterator(futures: list[Future[list[T]]], end_time: float | None) -> Iterator[T]:

@@ -30,6 +30,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 
+from ..wire.messages import JobLimits
 from ..wire.record import Record
 from ..wire.shm import Segment
 
@@ -58,9 +59,17 @@ class Job(Record, frozen=False):
     # The shared memory holding the job's bytes when ``payload`` names it:
     # unlinked when the job ends, or when this record is dropped.
     segment: Segment | None = None
+    # Time and memory limits the sidecar enforces (a SUBMIT_LIMITED frame).
+    limits: JobLimits | None = None
 
     def __init__(
-        self, job_id: int, future: Future[Any], payload: bytes, *, segment: Segment | None = None
+        self,
+        job_id: int,
+        future: Future[Any],
+        payload: bytes,
+        *,
+        segment: Segment | None = None,
+        limits: JobLimits | None = None,
     ) -> None:
         # Spelled out: one is made per submit (Record's general __init__
         # fills defaults in a Python loop).
@@ -69,6 +78,7 @@ class Job(Record, frozen=False):
         self.payload = payload
         self.resent = False
         self.segment = segment
+        self.limits = limits
 
 
 class JobTable:
@@ -130,6 +140,14 @@ class JobTable:
         job = self.inflight.pop(job_id, None)
         if job is not None:
             self._count_completion()
+        return job
+
+    def drop(self, job_id: int) -> Job | None:
+        """An in-flight job its caller cancelled while it ran: forgotten here
+        (whatever the sidecar says of it later is ignored) and counted."""
+        job = self.inflight.pop(job_id, None)
+        if job is not None:
+            self.cancelled += 1
         return job
 
     def take_inflight(self) -> list[Job]:

@@ -17,8 +17,10 @@ from concurrent.futures import CancelledError
 from ..errors import (
     BrokenSubprocExecutor,
     InitializerFailedError,
+    JobTimeoutError,
     RemoteError,
     WorkerDiedError,
+    WorkerMemoryError,
     remote_traceback,
 )
 from ..wire import shm
@@ -158,6 +160,23 @@ def job_error(job_id: int, payload: bytes) -> BaseException:
         return err
     if info.kind is JobErrorKind.CANCELLED:
         return CancelledError(info.message)
+    if info.kind is JobErrorKind.TIMEOUT:
+        return JobTimeoutError(
+            f"{info.message}. Other jobs were not touched; raise the limit with "
+            "options(timeout=...) or job_timeout= if the job needs longer",
+            job_id=job_id,
+            limit=info.limit,
+            pid=info.pid,
+        )
+    if info.kind is JobErrorKind.MEMORY:
+        return WorkerMemoryError(
+            f"{info.message}. Other jobs were not touched; raise memory_limit if the job needs more",
+            job_id=job_id,
+            pid=info.pid,
+            exitcode=info.exitcode,
+            limit=None if info.limit is None else int(info.limit),
+            peak=info.peak,
+        )
     if info.kind is JobErrorKind.WORKER_DIED:
         return WorkerDiedError(
             f"{info.message}. The job may have crashed its worker (a segfault, os._exit, a signal, or "

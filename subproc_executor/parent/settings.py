@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 
 from ..wire import shm
-from ..wire.messages import SidecarSettings
+from ..wire.messages import JobLimits, SidecarSettings
 from ..wire.record import Record, field
 from ..worker.pickling import DEFAULT_PICKLER, Pickler, pickler_name, resolve_pickler
 
@@ -82,6 +82,9 @@ class BackendSpec(Record):
     # A package the backend needs, checked (not imported) at construction.
     module: str | None = None
     install: str = ""
+    # It can stop one running job (kill its worker) without touching the
+    # others: per-job timeouts, memory limits and cancel_running need that.
+    stops_one_job: bool = False
 
 
 BUILTIN_BACKENDS: Final[dict[str, BackendSpec]] = {
@@ -113,6 +116,8 @@ BUILTIN_BACKENDS: Final[dict[str, BackendSpec]] = {
         # A worker retires after the batch that reaches its limit, so it too
         # gets one job per batch with max_tasks_per_child.
         start_methods=("fork", "forkserver", "spawn"),
+        # Each worker has pipes of its own: one killed leaves the rest working.
+        stops_one_job=True,
     ),
 }
 
@@ -209,6 +214,59 @@ def _positive_seconds(name: str, value: object) -> float | None:
     return float(value)
 
 
+class JobOptions(Record):
+    """Per-job control (``job_timeout=``, ``memory_limit=``, ``cancel_running=``,
+    or ``executor.options(...)``), checked."""
+
+    timeout: float | None = None
+    memory_limit: int | None = None
+    cancel_running: bool = False
+
+    @property
+    def limits(self) -> JobLimits | None:
+        """What the sidecar enforces, or None for a plain SUBMIT."""
+        if self.timeout is None and self.memory_limit is None:
+            return None
+        return JobLimits(timeout=self.timeout, memory_limit=self.memory_limit)
+
+
+def make_options(
+    backend: str, spec: BackendSpec | None, timeout: object, memory_limit: object, cancel_running: object
+) -> JobOptions:
+    """Validate per-job options; refuse them for a built-in backend whose pool
+    cannot lose one worker without breaking the others."""
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if memory_limit is not None and (
+        isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit <= 0
+    ):
+        raise ValueError(f"memory_limit must be a positive number of bytes or None, got {memory_limit!r}")
+    if not isinstance(cancel_running, bool):
+        raise TypeError(f"cancel_running must be True or False, got {cancel_running!r}")
+    options = JobOptions(
+        timeout=None if timeout is None else float(timeout),
+        memory_limit=memory_limit,
+        cancel_running=cancel_running,
+    )
+    if (options.limits is not None or cancel_running) and spec is not None and not spec.stops_one_job:
+        asked = [
+            name
+            for name, value in (
+                ("timeout", timeout),
+                ("memory_limit", memory_limit),
+                ("cancel_running", cancel_running),
+            )
+            if value not in (None, False)
+        ]
+        raise ValueError(
+            f"backend {backend!r} cannot stop one job without breaking its pool (killing one of its "
+            f"workers fails the others' jobs), so it refuses {', '.join(asked)}: use backend='pipes'"
+        )
+    return options
+
+
 class Settings(Record):
     """Everything the executor was asked for, checked; see ``SubprocExecutor``."""
 
@@ -233,6 +291,11 @@ class Settings(Record):
     sys_path: tuple[str, ...]
     # Payloads of at least this many bytes go through shared memory; None: never.
     shm_threshold: int | None = None
+    # Defaults for every job (job_timeout=, memory_limit=, cancel_running=).
+    options: JobOptions = JobOptions()
+    # The backend's spec if built in (None: a third-party backend, which
+    # declares stops_one_job itself, checked by the sidecar).
+    spec: BackendSpec | None = None
 
     def sidecar_settings(self) -> SidecarSettings:
         """What crosses to the sidecar in INIT."""
@@ -268,6 +331,9 @@ def make_settings(
     status_interval: float | None,
     on_status: Callable[[SlowJobReport], object] | None,
     shm_threshold: int | None = DEFAULT_SHM_THRESHOLD,
+    job_timeout: float | None = None,
+    memory_limit: int | None = None,
+    cancel_running: bool = False,
 ) -> Settings:
     """Validate the constructor's arguments, with the stdlib's exception types
     where the stdlib checks the same thing. Imports no backend."""
@@ -290,6 +356,7 @@ def make_settings(
                 "supply a different mp_context."
             )
     start_method = check_backend(backend, start_method, max_tasks_per_child)
+    options = make_options(backend, spec, job_timeout, memory_limit, cancel_running)
     counts_batches = spec is None or spec.batches_count_as_tasks
     pickler_qualname = DEFAULT_PICKLER if pickler is None else pickler_name(pickler)
     the_pickler = resolve_pickler(pickler_qualname)
@@ -329,4 +396,6 @@ def make_settings(
         cwd=cwd,
         sys_path=tuple(dict.fromkeys(os.path.join(cwd, p) if p else cwd for p in sys.path)),
         shm_threshold=shm_threshold if shm.available() else None,
+        options=options,
+        spec=spec,
     )

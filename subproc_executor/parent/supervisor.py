@@ -59,14 +59,15 @@ from concurrent.futures import Future
 
 from ..errors import BrokenSubprocExecutor, InitializerFailedError, ProtocolError, SidecarDiedError
 from ..wire import shm
-from ..wire.messages import Hello, Init, Shutdown, Status, Workers
+from ..wire.messages import Hello, Init, JobErrorKind, Kill, LimitedJob, Shutdown, Status, Workers
 from ..wire.protocol import Frame, MessageKind
 from ..wire.transport import PipeClosed
 from . import outcome
 from .delivery import Deliverer
 from .jobtable import Job, JobTable
 from .launcher import SIDECAR_EXIT_GRACE_SECONDS, SidecarExit, SidecarProcess
-from .settings import Settings
+from .settings import JobOptions, Settings
+from .stoppable import StoppableFuture
 
 # typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
 TYPE_CHECKING = False
@@ -164,7 +165,14 @@ class Supervisor:
         """Hand the jobs' frames to the writer (lock held; never blocks)."""
         if jobs:
             try:
-                sidecar.writer.queue_many([(MessageKind.SUBMIT, j.job_id, j.payload) for j in jobs])
+                sidecar.writer.queue_many(
+                    [
+                        (MessageKind.SUBMIT, j.job_id, j.payload)
+                        if j.limits is None
+                        else (MessageKind.SUBMIT_LIMITED, j.job_id, LimitedJob(j.limits, j.payload).encode())
+                        for j in jobs
+                    ]
+                )
             except PipeClosed:
                 pass  # the sidecar is gone: on_lost fails what was in flight
             # Drop the parent's copy of the bytes once handed to the writer,
@@ -198,15 +206,19 @@ class Supervisor:
         """Where ``submit`` pickles a job: big ones go into a segment (see wire.shm)."""
         return shm.Sink(self.settings.shm_threshold, f"{shm.parent_prefix(os.getpid())}a")
 
-    def submit_payload(self, payload: bytes, segment: shm.Segment | None = None) -> Future[Any]:
+    def submit_payload(
+        self, payload: bytes, segment: shm.Segment | None = None, options: JobOptions | None = None
+    ) -> Future[Any]:
         """Queue a pickled job and send what fits in the window. ``segment``:
         the job's bytes are there (``payload`` names it); it lives as long as
-        the job's record.
+        the job's record. ``options``: its limits, and whether ``cancel()``
+        stops it while it runs.
 
         If no sidecar can be started, raises BrokenSubprocExecutor and queues
         nothing: a job its caller was told failed never runs later.
         """
-        fut: Future[Any] = Future()
+        stoppable = options is not None and options.cancel_running
+        fut: Future[Any] = StoppableFuture() if stoppable else Future()
         with self.lock:
             self.check_open_locked()
             if self.sidecar is None and self._retry is None:
@@ -222,13 +234,57 @@ class Supervisor:
                     self._fail_broken(pending, reason)
                     raise reason
             job_id = self.table.new_id()
-            self.table.enqueue(Job(job_id, fut, payload, segment=segment))
+            if isinstance(fut, StoppableFuture):
+                fut.bind(functools.partial(self.stop_job, job_id))
+            limits = options.limits if options is not None else None
+            self.table.enqueue(Job(job_id, fut, payload, segment=segment, limits=limits))
             sidecar = self.sidecar
             if sidecar is not None:
                 self._queue_locked(sidecar, self.table.take_sendable())
         if sidecar is not None:
             self._flush(sidecar)
         return fut
+
+    def stop_job(self, job_id: int) -> None:
+        """A running job's future was cancelled (``cancel_running``): forget
+        the job and tell the sidecar to kill the worker running it."""
+        kill = Kill(JobErrorKind.CANCELLED, f"job {job_id} was cancelled while it ran").encode()
+        with self.lock:
+            job = self.table.drop(job_id)
+            if job is None:
+                return
+            if job.segment is not None:
+                job.segment.release()
+            sidecar = self.sidecar
+            if sidecar is not None:
+                try:
+                    sidecar.writer.queue_many([(MessageKind.KILL, job_id, kill)])
+                except PipeClosed:
+                    pass
+                self._queue_locked(sidecar, self.table.take_sendable())
+            stop = self._maybe_stop_locked()
+            if stop is not None:
+                self._queue_shutdown_locked(stop, _FINISH)
+        if sidecar is not None:
+            self._flush(sidecar)
+
+    def force_shutdown(self, sig: int) -> None:
+        """``terminate_workers``/``kill_workers``: no new jobs, queued ones
+        cancelled, and the sidecar told to send ``sig`` to every worker now
+        and stop; the running jobs fail as their workers die."""
+        if self._pid != os.getpid():
+            return
+        cancelled: list[Job] = []
+        with self.lock:
+            if self.state is ExecutorState.RUNNING:
+                self.state = ExecutorState.CLOSING
+            cancelled = self.table.cancel_queued()
+            sidecar = self.sidecar
+            if sidecar is not None and self.state is ExecutorState.CLOSING:
+                self._queue_shutdown_locked(sidecar, Shutdown(kill=True, signal=sig).encode())
+        _cancel_all(cancelled)
+        if sidecar is not None:
+            self._flush(sidecar)
 
     def fail_unpicklable(self, error: BaseException) -> Future[Any]:
         """A job that could not be pickled in the caller fails alone, as in the stdlib."""
@@ -571,8 +627,7 @@ class Supervisor:
                 self._retry = None
                 self.finished.set()
             sidecar = self.sidecar
-        for job in cancelled:
-            job.future.cancel()
+        _cancel_all(cancelled)
         if sidecar is not None:
             self._flush(sidecar)
         if wait:
@@ -690,6 +745,20 @@ def _set_exception(job: Job, err: BaseException) -> None:
 def _after_fork_in_child() -> None:
     for supervisor in list(_live):
         supervisor.after_fork_in_child()
+
+
+def _cancel_all(jobs: list[Job]) -> None:
+    """Cancel queued jobs' futures, and tell their waiters at once.
+
+    ``cancel()`` alone leaves a future CANCELLED, which ``wait()`` and
+    ``as_completed()`` do not count as done until someone calls
+    ``set_running_or_notify_cancel()``: these jobs will never be taken, so
+    that call is made here (the stdlib's pool leaves them, and a wait on them
+    after ``shutdown(cancel_futures=True)`` waits for ever).
+    """
+    for job in jobs:
+        job.future.cancel()
+        job.future.set_running_or_notify_cancel()
 
 
 def shutdown_all_at_exit() -> None:

@@ -52,12 +52,14 @@ from multiprocessing.connection import Connection
 
 from ..errors import WorkerDiedError
 from ..wire import shm
-from ..wire.fdtools import WakePipe, open_pidfd
+from ..wire.fdtools import WakePipe, open_pidfd, signal_pid
 from ..wire.messages import (
     START_RECORD_SIZE,
     Fatal,
     JobError,
     JobErrorKind,
+    Kill,
+    LimitedJob,
     OutcomeTag,
     Shutdown,
     StartRecord,
@@ -67,6 +69,7 @@ from ..wire.messages import (
 from ..wire.protocol import Frame, FrameDecoder, MessageKind, ProtocolError
 from ..wire.transport import FrameWriter, read_frames
 from .backends import Backend, OnDone
+from .limits import JobWatch
 from .scheduler import Batch, Scheduler
 
 # typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
@@ -102,6 +105,8 @@ _SHARED_MONOTONIC: Final = sys.platform.startswith("linux")
 _NOTIFY_READ_BYTES: Final = 65536
 # The first byte of an outcome held in shared memory (the segment's name follows).
 _SPILLED_TAG: Final = bytes([OutcomeTag.SPILLED])
+# Why a job stopped on purpose fails (see limits): its worker's death is no crash.
+_KILL_KINDS: Final = frozenset({JobErrorKind.TIMEOUT, JobErrorKind.MEMORY, JobErrorKind.CANCELLED})
 # The length prefix multiprocessing.Connection puts before each message.
 _CONN_HEADER: Final = struct.Struct("!i")
 
@@ -148,6 +153,13 @@ class SidecarLoop:
         self._dead_since: dict[int, float] = {}
         # {pool generation: its workers' exit codes when it was replaced}.
         self._codes_by_generation: dict[int, dict[int, int | None]] = {}
+        # Time and memory limits, and KILL: jobs stopped on purpose.
+        self._watch = JobWatch(scheduler, self._send_job_error, getattr(backend, "expect_kill", None))
+        # The pool as last told to the parent (WORKERS).
+        self._workers_sent: Workers | None = None
+        # Whether the backend's pool survives the loss of one worker (a
+        # backend declares it; see docs/backends.md).
+        self._stops_one_job = bool(getattr(backend, "stops_one_job", False))
 
     # -- backend callbacks (backend threads) ---------------------------------
 
@@ -157,7 +169,10 @@ class SidecarLoop:
     def _job_done(self, batch: Batch, job_id: int, outcome: bytes) -> None:
         """One job of a batch finished ahead of the rest. Backend thread; never raises."""
         try:
+            pid = self._scheduler.pid_of(job_id) if self._scheduler.uses_memory_limits else None
             if self._scheduler.job_done(batch, job_id):
+                if pid is not None:
+                    self._watch.job_finished(pid)
                 self._writer.try_send(MessageKind.RESULT, job_id, outcome, block=False)
             else:
                 logger.error("backend reported job %d, which is not in its batch %s", job_id, batch.job_ids)
@@ -243,6 +258,9 @@ class SidecarLoop:
                     self._sweep_after_parent()
                     return 0
                 self._check_pool()
+                # A backend replaces a dead or retired worker on its own: keep
+                # the parent's statistics current without a start record.
+                self._send_workers(only_if_changed=True)
             self._run_timers(now)
 
     def handle(self, frames: list[Frame]) -> None:
@@ -250,6 +268,29 @@ class SidecarLoop:
             kind = frame.kind
             if kind is MessageKind.SUBMIT:
                 self._scheduler.add(frame.job_id, frame.payload)
+            elif kind is MessageKind.SUBMIT_LIMITED:
+                try:
+                    limited = LimitedJob.decode(frame.payload)
+                except ProtocolError as exc:
+                    self._send_job_error(
+                        frame.job_id, JobError(JobErrorKind.BACKEND, f"its limits could not be read: {exc}")
+                    )
+                    continue
+                if not self._stops_one_job:
+                    self._send_job_error(frame.job_id, self._cannot_stop(frame.job_id))
+                    continue
+                self._scheduler.add(frame.job_id, limited.payload, limited.limits)
+                if limited.limits.memory_limit is not None:
+                    self._watch.check_idle(self._backend.worker_pids(), limited.limits.memory_limit)
+            elif kind is MessageKind.KILL:
+                try:
+                    kill = Kill.decode(frame.payload)
+                except ProtocolError:
+                    kill = Kill(JobErrorKind.CANCELLED, f"job {frame.job_id} was cancelled")
+                if self._stops_one_job:
+                    self._watch.stop(frame.job_id, JobError(kill.kind, kill.message))
+                else:
+                    logger.warning("%s", self._cannot_stop(frame.job_id).message)
             elif kind is MessageKind.CANCEL:
                 if self._scheduler.cancel(frame.job_id):
                     self._send_job_error(
@@ -262,10 +303,13 @@ class SidecarLoop:
                 self._wakeup()
             elif kind is MessageKind.SHUTDOWN:
                 try:
-                    self._shutdown = Shutdown.decode(frame.payload)
+                    stop = Shutdown.decode(frame.payload)
                 except ProtocolError as exc:
                     logger.error("malformed SHUTDOWN from the parent (%s); stopping the workers now", exc)
-                    self._shutdown = Shutdown(kill=True)
+                    stop = Shutdown(kill=True)
+                # A kill (kill_workers, then the executor's own shutdown) is never softened.
+                if self._shutdown is None or not self._shutdown.kill:
+                    self._shutdown = stop
             else:
                 logger.warning("ignoring unexpected %s frame from the parent", kind.name)
         self._last_activity = time.monotonic()
@@ -389,7 +433,9 @@ class SidecarLoop:
                 break
             if n == START_RECORD_SIZE:
                 job_id, pid, when = StartRecord.decode(buf, pos + 4)
-                self._scheduler.started(job_id, pid, when if _SHARED_MONOTONIC else now)
+                kill_pid = self._scheduler.started(job_id, pid, when if _SHARED_MONOTONIC else now)
+                if kill_pid is not None:
+                    self._watch.on_started(job_id, kill_pid)
                 if pid not in self._known_pids:
                     self._known_pids.add(pid)
                     new_worker = True
@@ -419,12 +465,15 @@ class SidecarLoop:
             # Outcomes its worker put in shared memory but never sent (a
             # worker that died mid-batch): no one else knows their names.
             shm.sweep(f"{self._shm_prefix}r{job_id}-" for job_id in batch.job_ids)
-            for failure in self._scheduler.failed(
-                batch, exitcodes, error, died.pid if died is not None else None
-            ):
+            failures = self._scheduler.failed(batch, exitcodes, error, died.pid if died is not None else None)
+            failures_were_kills = bool(failures) and all(f.error.kind in _KILL_KINDS for f in failures)
+            for failure in failures:
                 self._send_job_error(failure.job_id, failure.error)
             if batch.generation == self._scheduler.generation:
-                logger.warning("pool broke (%s); starting a new one", error)
+                if died is not None and failures_were_kills:
+                    logger.info("worker pid %d was killed to stop a job; replacing it", died.pid)
+                else:
+                    logger.warning("pool broke (%s); starting a new one", error)
                 self._replace_pool()
 
     def _sweep_after_parent(self) -> None:
@@ -466,7 +515,7 @@ class SidecarLoop:
             time.sleep(0.01)
 
     def _next_timer(self) -> float:
-        t = self._next_status
+        t = min(self._next_status, self._watch.next_timer(time.monotonic()))
         if self._idle_timeout is not None and not self._quiesced:
             t = min(t, self._last_activity + self._idle_timeout)
         if self._quiesce_requested:
@@ -474,6 +523,7 @@ class SidecarLoop:
         return t
 
     def _run_timers(self, now: float) -> None:
+        self._watch.run(now)
         if self._status_interval is not None and now >= self._next_status:
             self._next_status = now + min(self._status_interval, _STATUS_TICK_SECONDS)
             for job_id, elapsed, pid in self._scheduler.overdue(now, self._status_interval):
@@ -509,21 +559,42 @@ class SidecarLoop:
         start()
 
     def _finish(self) -> int:
-        self._backend.shutdown(kill=self._shutdown is not None and self._shutdown.kill)
+        stop = self._shutdown
+        if stop is not None and stop.kill and stop.signal:
+            # terminate_workers / kill_workers: every worker gets the signal
+            # now; the backend then fails their jobs and reaps them.
+            try:
+                pids = self._backend.worker_pids()
+            except Exception:
+                pids = []
+            for pid in pids:
+                signal_pid(pid, stop.signal)
+        self._backend.shutdown(kill=stop is not None and stop.kill)
         self._writer.try_send(MessageKind.BYE)
         return 0
 
     # -- frames to the parent (never blocking the main loop) ------------------
 
+    def _cannot_stop(self, job_id: int) -> JobError:
+        return JobError(
+            JobErrorKind.BACKEND,
+            f"job {job_id} has a time or memory limit or cancel_running, but backend "
+            f"{type(self._backend).__name__} cannot stop one job without breaking its pool (it does "
+            "not declare stops_one_job = True): use backend='pipes', or drop those options",
+        )
+
     def _send_job_error(self, job_id: int, error: JobError) -> None:
         self._writer.try_send(MessageKind.JOB_ERROR, job_id, error.encode(), block=False)
 
-    def _send_workers(self) -> None:
+    def _send_workers(self, only_if_changed: bool = False) -> None:
         try:
             pids = self._backend.worker_pids()
         except Exception:
             pids = []
         workers = Workers(worker_pids=tuple(pids), quiesced=self._quiesced)
+        if only_if_changed and workers == self._workers_sent:
+            return
+        self._workers_sent = workers
         self._writer.try_send(MessageKind.WORKERS, 0, workers.encode(), block=False)
 
     def _fatal(self, message: str) -> None:

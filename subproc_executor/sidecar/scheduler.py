@@ -24,17 +24,24 @@ does not say which job killed its worker. Each job of it is one of:
       at a time with nothing beside them, so a second crash names the job.
   A job is requeued after a crash at most ``MAX_CRASH_RETRIES`` times, so one
   that keeps killing workers fails instead of looping.
+
+Jobs the sidecar stops on purpose (``kill``: a KILL from the parent, a time
+or memory limit passed) carry the error they fail with. The loop kills the
+worker running one; when that worker's batch fails, the job fails with its
+error and never reruns, and the other jobs of the batch (never started, or
+started after the kill was decided) are requeued without counting a crash.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import signal
 import threading
 from collections import deque
 
 from ..errors import describe_exitcode
-from ..wire.messages import JobError, JobErrorKind
+from ..wire.messages import JobError, JobErrorKind, JobLimits
 from ..wire.record import Record
 
 # typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
@@ -61,8 +68,11 @@ class _Job(Record, frozen=False):
     start: tuple[int, float] | None = None
     # Last elapsed-interval count reported as slow, so each interval reports once.
     reported: int = 0
+    limits: JobLimits | None = None
+    # Set once the sidecar decided to stop this job: what it fails with.
+    kill: JobError | None = None
 
-    def __init__(self, job_id: int, payload: bytes) -> None:
+    def __init__(self, job_id: int, payload: bytes, limits: JobLimits | None = None) -> None:
         # Spelled out, as for every record made per job: Record's general
         # __init__ fills defaults in a Python loop (profiled: 12% of the
         # sidecar's time with 3 records a job).
@@ -72,6 +82,8 @@ class _Job(Record, frozen=False):
         self.quarantine = False
         self.start = None
         self.reported = 0
+        self.limits = limits
+        self.kill = None
 
 
 class Batch(Record, frozen=False):
@@ -138,6 +150,12 @@ class Scheduler:
         # Exit codes seen when a generation broke: later failures of the same
         # generation are judged against the same facts.
         self._broken: dict[int, dict[int, int | None]] = {}
+        # {pid: job_id} of workers killed on purpose, to stop that job.
+        self._killed: dict[int, int] = {}
+        # Jobs in the backend with a time or memory limit.
+        self._limited: dict[int, _Job] = {}
+        # A job with a memory limit was seen: workers' memory is worth watching.
+        self.uses_memory_limits = False
         # Whether the backend's workers announce jobs at all (see messages.StartRecord).
         self._seen_records = False
 
@@ -154,9 +172,27 @@ class Scheduler:
 
     # -- main loop ---------------------------------------------------------------------
 
-    def add(self, job_id: int, payload: bytes) -> None:
+    def add(self, job_id: int, payload: bytes, limits: JobLimits | None = None) -> None:
         with self._lock:
-            self._waiting.append(_Job(job_id, payload))
+            self._waiting.append(_Job(job_id, payload, limits))
+            if limits is not None and limits.memory_limit is not None:
+                self.uses_memory_limits = True
+
+    def smallest_memory_limit(self) -> int | None:
+        """The smallest memory limit of the jobs waiting or in the backend, if any."""
+        with self._lock:
+            limits = [
+                job.limits.memory_limit
+                for job in itertools.chain(self._waiting, self._limited.values())
+                if job.limits is not None and job.limits.memory_limit is not None
+            ]
+        return min(limits, default=None)
+
+    def pid_of(self, job_id: int) -> int | None:
+        """The worker a job in the backend announced it runs on, if it did."""
+        with self._lock:
+            job = self._in_backend.get(job_id)
+            return None if job is None or job.start is None else job.start[0]
 
     def cancel(self, job_id: int) -> bool:
         """Drop a waiting job; False if it already went to the backend."""
@@ -196,6 +232,8 @@ class Scheduler:
                 self._batches += 1
                 for job in batch.jobs:
                     self._in_backend[job.job_id] = job
+                    if job.limits is not None:
+                        self._limited[job.job_id] = job
                 out.append(batch)
         return out
 
@@ -211,13 +249,95 @@ class Scheduler:
             for job in reversed(batch.jobs):
                 self._waiting.appendleft(job)
 
-    def started(self, job_id: int, pid: int, when: float) -> None:
-        """A worker announced it runs ``job_id``; ignored once the job was reported."""
+    def started(self, job_id: int, pid: int, when: float) -> int | None:
+        """A worker announced it runs ``job_id``; ignored once the job was
+        reported. Returns ``pid`` if the job is to be stopped (a kill decided
+        before it started): the caller kills that worker."""
         with self._lock:
             self._seen_records = True
             job = self._in_backend.get(job_id)
             if job is not None:
                 job.start = (pid, when)
+                if job.kill is not None:
+                    if job.kill.pid is None:
+                        job.kill = job.kill.replace(pid=pid)
+                    self._killed[pid] = job_id
+                    return pid
+        return None
+
+    # -- stopping jobs on purpose (main loop) ------------------------------------------
+
+    def kill(self, job_id: int, error: JobError) -> tuple[str, int | None]:
+        """Stop ``job_id``, failing it with ``error``. Returns what to do:
+        ("dropped", None): it was waiting and is gone, send its error now;
+        ("running", pid): kill that worker; ("pending", None): it is in a batch
+        but not started, and ``started`` will name its worker; ("gone", None):
+        already finished or stopped."""
+        with self._lock:
+            for i, waiting in enumerate(self._waiting):
+                if waiting.job_id == job_id:
+                    del self._waiting[i]
+                    return ("dropped", None)
+            job = self._in_backend.get(job_id)
+            if job is None or job.kill is not None:
+                return ("gone", None)
+            job.kill = error
+            if job.start is None:
+                return ("pending", None)
+            pid = job.start[0]
+            if error.pid is None:
+                job.kill = error.replace(pid=pid)
+            self._killed[pid] = job_id
+            return ("running", pid)
+
+    def retire(self, pid: int) -> None:
+        """Worker ``pid`` is about to be killed through no fault of its jobs
+        (it was already past a memory limit when one started): when its batch
+        fails, every job of it is requeued without counting a crash."""
+        with self._lock:
+            self._killed[pid] = -1
+
+    def expired(self, now: float) -> list[tuple[int, JobError]]:
+        """Jobs running past their time limit, each with the error it fails with."""
+        out = []
+        with self._lock:
+            for job in self._limited.values():
+                limits = job.limits
+                if (
+                    job.kill is None
+                    and job.start is not None
+                    and limits is not None
+                    and limits.timeout is not None
+                ):
+                    pid, t0 = job.start
+                    if now - t0 >= limits.timeout:
+                        out.append((job.job_id, _timed_out(job.job_id, pid, limits.timeout, now - t0)))
+        return out
+
+    def next_deadline(self) -> float:
+        """When the next running job reaches its time limit (monotonic), or inf."""
+        with self._lock:
+            deadlines = [
+                job.start[1] + job.limits.timeout
+                for job in self._limited.values()
+                if job.kill is None
+                and job.start is not None
+                and job.limits is not None
+                and job.limits.timeout is not None
+            ]
+        return min(deadlines, default=math.inf)
+
+    def memory_watch(self) -> list[tuple[int, int, int]]:
+        """(job_id, pid, limit) of running jobs with a memory limit."""
+        with self._lock:
+            return [
+                (job.job_id, job.start[0], job.limits.memory_limit)
+                for job in self._limited.values()
+                if job.kill is None
+                and job.start is not None
+                and job.limits is not None
+                and job.limits.memory_limit is not None
+            ]
 
     def overdue(self, now: float, interval: float) -> list[tuple[int, float, int]]:
         """(job_id, elapsed seconds, pid) of each job running past another ``interval``."""
@@ -249,6 +369,7 @@ class Scheduler:
                 if job.job_id == job_id:
                     del batch.jobs[i]
                     self._in_backend.pop(job_id, None)
+                    self._limited.pop(job_id, None)
                     return True
         return False
 
@@ -275,14 +396,29 @@ class Scheduler:
             who = (died_pid, facts.get(died_pid)) if died_pid is not None else culprit(facts)
             started = [j for j in batch.jobs if j.start is not None]
             running = started[-1] if started else None
+            failures: list[Failure] = []
+            requeue: list[_Job] = []
+            # Killed on purpose: the stopped job fails with its own error,
+            # every other job of the batch goes back as it was.
+            stopped = [j for j in batch.jobs if j.kill is not None]
+            if stopped or (
+                running is not None and running.start is not None and running.start[0] in self._killed
+            ):
+                for job in batch.jobs:
+                    if job.kill is not None:
+                        failures.append(Failure(job.job_id, _with_exit(job.kill, facts)))
+                    else:
+                        requeue.append(job)
+                for pid in [p for p, jid in self._killed.items() if jid in batch.job_ids or p == died_pid]:
+                    del self._killed[pid]
+                self._requeue_locked(requeue)
+                return failures
             if running is None and (batch.quarantine or not self._seen_records):
                 # No start record (a backend without announcements, or one
                 # lost with the worker): the batch's first job is the only
                 # one that can have run, so it is the suspect. Without this a
                 # job that kills its worker would be retried forever.
                 running = batch.jobs[0]
-            failures: list[Failure] = []
-            requeue: list[_Job] = []
             for job in batch.jobs:
                 if job is not running:
                     requeue.append(job)  # never started, or finished but its result was lost
@@ -307,11 +443,14 @@ class Scheduler:
                 # otherwise a suspect, rerun alone to find out.
                 job.quarantine = who is None
                 requeue.append(job)
-            for job in reversed(requeue):
-                job.start = None
-                job.reported = 0
-                self._waiting.appendleft(job)
+            self._requeue_locked(requeue)
             return failures
+
+    def _requeue_locked(self, jobs: list[_Job]) -> None:
+        for job in reversed(jobs):
+            job.start = None
+            job.reported = 0
+            self._waiting.appendleft(job)
 
     def new_generation(self) -> None:
         """The pool was reset: later failures belong to the new pool."""
@@ -324,6 +463,27 @@ class Scheduler:
             self._quarantine_running = False
         for job in batch.jobs:
             self._in_backend.pop(job.job_id, None)
+            self._limited.pop(job.job_id, None)
+
+
+def _timed_out(job_id: int, pid: int, limit: float, elapsed: float) -> JobError:
+    return JobError(
+        kind=JobErrorKind.TIMEOUT,
+        message=(
+            f"job {job_id} ran past its time limit of {limit:g}s (stopped after {elapsed:.3f}s): "
+            f"its worker pid {pid} was killed and replaced"
+        ),
+        pid=pid,
+        limit=limit,
+    )
+
+
+def _with_exit(error: JobError, facts: dict[int, int | None]) -> JobError:
+    """A kill's error, with the worker's exit status once known."""
+    if error.pid is None:
+        return error
+    code = facts.get(error.pid)
+    return error.replace(exitcode=code, status=describe_exitcode(code))
 
 
 def _died(job_id: int, pid: int, code: int | None, error: str, alone: bool) -> JobError:

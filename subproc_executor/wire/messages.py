@@ -57,6 +57,9 @@ __all__ = [
     "Init",
     "JobError",
     "JobErrorKind",
+    "JobLimits",
+    "Kill",
+    "LimitedJob",
     "OutcomeTag",
     "Shutdown",
     "SidecarSettings",
@@ -294,6 +297,10 @@ class JobErrorKind(str, enum.Enum):
     WORKER_DIED = "worker_died"
     # The backend could not take it, or failed it without running it.
     BACKEND = "backend"
+    # Killed when it ran past its time limit (``limit``, seconds).
+    TIMEOUT = "timeout"
+    # Killed when its worker's resident memory passed ``limit`` bytes (``peak`` seen).
+    MEMORY = "memory"
 
 
 def _kind(v: object) -> JobErrorKind:
@@ -314,6 +321,10 @@ class JobError(_JsonRecord):
     status: str | None = None
     # The backend's own account, when it gave one.
     detail: str | None = None
+    # For TIMEOUT: the limit in seconds; for MEMORY: the limit in bytes.
+    limit: float | None = None
+    # For MEMORY: the most resident memory seen, in bytes.
+    peak: int | None = None
 
     SCHEMA: ClassVar[dict[str, Callable[[object], Any]]] = {
         "kind": _kind,
@@ -322,6 +333,8 @@ class JobError(_JsonRecord):
         "exitcode": _optional(_int),
         "status": _optional(_str),
         "detail": _optional(_str),
+        "limit": _optional(_float),
+        "peak": _optional(_nonneg_int),
     }
 
 
@@ -346,11 +359,57 @@ class Fatal(_JsonRecord):
 
 
 class Shutdown(_JsonRecord):
-    """Stop: ``kill=False`` finishes the jobs already sent, ``kill=True`` ends them now."""
+    """Stop: ``kill=False`` finishes the jobs already sent, ``kill=True`` ends them now.
+
+    ``signal``: with ``kill``, the signal sent to every worker at once
+    (``terminate_workers``: SIGTERM, ``kill_workers``: SIGKILL); 0 lets the
+    backend stop them its own way (SIGTERM, then SIGKILL after a grace period).
+    """
 
     kill: bool
+    signal: int = 0
 
-    SCHEMA: ClassVar[dict[str, Callable[[object], Any]]] = {"kill": _bool}
+    SCHEMA: ClassVar[dict[str, Callable[[object], Any]]] = {"kill": _bool, "signal": _nonneg_int}
+
+
+class JobLimits(_JsonRecord):
+    """What may stop a job: ``timeout`` seconds after it started, or its
+    worker's resident memory past ``memory_limit`` bytes while it runs."""
+
+    timeout: float | None = None
+    memory_limit: int | None = None
+
+    SCHEMA: ClassVar[dict[str, Callable[[object], Any]]] = {
+        "timeout": _optional(_float),
+        "memory_limit": _optional(_nonneg_int),
+    }
+
+
+class LimitedJob(Record):
+    """The SUBMIT_LIMITED frame: the limits as a JSON line, then the opaque job bytes."""
+
+    limits: JobLimits
+    payload: bytes
+
+    def encode(self) -> bytes:
+        return self.limits.encode() + b"\n" + self.payload
+
+    @classmethod
+    def decode(cls, payload: bytes | bytearray | memoryview) -> LimitedJob:
+        data = bytes(payload)
+        header, newline, job = data.partition(b"\n")
+        if not newline:
+            raise ProtocolError("LimitedJob: no newline after the limits line")
+        return cls(JobLimits.decode(header), job)
+
+
+class Kill(_JsonRecord):
+    """The KILL frame: stop the job now and fail it with ``error``'s kind and message."""
+
+    kind: JobErrorKind
+    message: str
+
+    SCHEMA: ClassVar[dict[str, Callable[[object], Any]]] = {"kind": _kind, "message": _str}
 
 
 # -- worker -> sidecar ---------------------------------------------------------------------

@@ -53,7 +53,7 @@ __all__ = [
 MAGIC: Final = b"SX"
 # Bump on any change to the header layout or to the meaning of a kind, and
 # update docs/protocol.md in the same commit.
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4
 HEADER: Final = struct.Struct("<2sBBQQ")
 HEADER_SIZE: Final = HEADER.size  # 20 bytes
 # A sanity bound, not a size limit: 1 TiB is more than any payload that fits
@@ -111,6 +111,12 @@ class MessageKind(enum.IntEnum):
     WORKERS = 12
     # sidecar -> parent: the sidecar cannot go on: messages.Fatal. It exits.
     FATAL = 13
+    # parent -> sidecar: run a job under limits: messages.LimitedJob (the
+    # limits, then the opaque job bytes a SUBMIT would carry).
+    SUBMIT_LIMITED = 14
+    # parent -> sidecar: stop job_id now, running or not: messages.Kill. The
+    # sidecar kills the worker running it and fails it with the reason given.
+    KILL = 15
 
 
 # Wire value -> kind. A dict lookup, because calling the enum costs more than

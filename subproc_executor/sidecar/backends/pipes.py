@@ -179,6 +179,10 @@ class _Worker(Record, frozen=False, eq=False):
 class PipesBackend:
     """``max_workers`` processes fed over their own pipes; see the module docstring."""
 
+    # One worker killed (a time limit, a memory limit, a cancel) leaves the
+    # others running: each has pipes of its own (see sidecar.limits).
+    stops_one_job = True
+
     name = "pipes"
 
     def __init__(self, config: BackendConfig) -> None:
@@ -205,6 +209,8 @@ class PipesBackend:
         # Held across creating pipes, Process.start() and closing pipes (see
         # the module docstring). When both are needed it is taken first:
         # nothing waits for it while holding _lock.
+        # Workers the sidecar kills on purpose (expect_kill).
+        self._expected_kills: set[int] = set()
         self._fork_lock = threading.Lock()
         self._state = _State.NEW
         # {pid: worker} of the live workers, retiring ones included, e.g.
@@ -278,6 +284,13 @@ class PipesBackend:
                 worker.sending = True
         if worker is not None:
             self._send(worker, batch)
+
+    def expect_kill(self, pid: int) -> None:
+        """The sidecar is about to kill worker ``pid`` to stop its job (a time
+        or memory limit, a cancel): its death is reported at INFO, not as a
+        crash."""
+        with self._lock:
+            self._expected_kills.add(pid)
 
     def worker_pids(self) -> list[int]:
         with self._lock:
@@ -730,7 +743,10 @@ class PipesBackend:
                 f"worker pid {worker.pid} died with {status} while running jobs {batch.job_ids}; "
                 "backend 'pipes' replaced it, the other workers were not affected"
             )
-            logger.warning("%s", message)
+            with self._lock:
+                expected = worker.pid in self._expected_kills
+                self._expected_kills.discard(worker.pid)
+            logger.log(logging.INFO if expected else logging.WARNING, "%s", message)
             self._report(batch, WorkerDiedError(message, pid=worker.pid, exitcode=exitcode))
         elif not worker.retiring and exitcode != 0:
             logger.warning("idle worker pid %d died with %s; replacing it", worker.pid, status)
