@@ -363,3 +363,36 @@ def test_a_worker_grown_past_a_limit_by_an_earlier_job_is_replaced_before_the_li
     pid = ex.options(memory_limit=150 << 20).submit(jobs.getpid).result(ANSWER_WITHIN)
     assert pid != bloated
     assert wait_gone({bloated}) == set()
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_an_endless_timeout_is_refused(bad: float) -> None:
+    """A non-finite limit cannot be sent to the sidecar (JSON has no inf): refused here."""
+    with pytest.raises(ValueError, match="finite"):
+        SubprocExecutor(1, job_timeout=bad)
+
+
+@PIPES
+@pytest.mark.timeout(60)
+def test_a_view_shutdown_waits_for_and_cancels_only_its_own_jobs(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
+    """The view's shutdown covers map() jobs too, holds no weak references (jobs
+    whose futures the caller dropped are still waited for), and cancel_futures
+    cancels only the view's queued jobs, at once for waiters."""
+    ex = make_executor(1)
+    pid_path, gate = str(tmp_path / "blocker.pid"), str(tmp_path / "gate")
+    blocker = ex.submit(jobs.block_with_pid, pid_path, gate, "blocker")
+    jobs.read_pid(pid_path)
+    outside = [ex.submit(jobs.square, 2) for _ in range(3)]
+    view = ex.options(timeout=30)
+    mapped = view.map(jobs.square, range(3))
+    view.submit(jobs.square, 4)  # future dropped by the caller
+    view.shutdown(wait=False, cancel_futures=True)
+    with pytest.raises(RuntimeError):
+        view.submit(jobs.square, 1)
+    with pytest.raises(cf.CancelledError):
+        list(mapped)
+    Path(gate).touch()
+    assert blocker.result(ANSWER_WITHIN) == "blocker"
+    assert [f.result(ANSWER_WITHIN) for f in outside] == [4, 4, 4]  # the pool's own jobs ran

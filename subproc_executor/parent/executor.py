@@ -229,33 +229,12 @@ class SubprocExecutor(Executor):
         are read lazily, and at most ``buffersize`` chunks are submitted ahead
         of the consumer (never one more), so an endless iterator works.
         """
-        return self._map(self._options, fn, iterables, timeout, chunksize, buffersize)
-
-    def _map(
-        self,
-        options: JobOptions | None,
-        fn: Callable[..., T],
-        iterables: tuple[Iterable[Any], ...],
-        timeout: float | None,
-        chunksize: int,
-        buffersize: int | None,
-    ) -> Iterator[T]:
-        if chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
-        if buffersize is not None:
-            if isinstance(buffersize, bool) or not isinstance(buffersize, int):
-                raise TypeError("buffersize must be an integer or None")
-            if buffersize < 1:
-                raise ValueError("buffersize must be None or > 0")
-        end_time = None if timeout is None else timeout + time.monotonic()
-        chunks = _chunks(iterables, chunksize)
-        if buffersize is None:
-            futures: list[Future[list[Any]]] = [
-                self._submit(options, call_chunk, (fn, chunk), {}) for chunk in chunks
-            ]
-            return _result_iterator(futures, end_time)
-        return _buffered_results(
-            lambda chunk: self._submit(options, call_chunk, (fn, chunk), {}), chunks, buffersize, end_time
+        return _map(
+            lambda chunk: self._submit(self._options, call_chunk, (fn, chunk), {}),
+            iterables,
+            timeout,
+            chunksize,
+            buffersize,
         )
 
     def options(
@@ -332,9 +311,9 @@ class JobOptionsExecutor(Executor):
     ``submit`` and ``map`` behave as the executor's, with these options.
     ``shutdown(wait, cancel_futures)`` closes this view only: it refuses new
     jobs, cancels its own queued jobs if asked, and with ``wait`` waits for
-    the jobs submitted through it. It never stops the pool, which others
-    share: shut the ``SubprocExecutor`` itself down for that. So handing a
-    view to code that ends with ``with executor:`` is safe.
+    the jobs submitted through it (``map``'s included). It never stops the
+    pool, which others share: shut the ``SubprocExecutor`` itself down for
+    that. So handing a view to code that ends with ``with executor:`` is safe.
     """
 
     def __init__(self, executor: SubprocExecutor, options: JobOptions) -> None:
@@ -343,16 +322,26 @@ class JobOptionsExecutor(Executor):
         self._max_workers = executor._max_workers
         self._lock = threading.Lock()
         self._closed = False
-        self._futures: weakref.WeakSet[Future[Any]] = weakref.WeakSet()
+        # Its jobs not yet done; each leaves when its future ends.
+        self._futures: set[Future[Any]] = set()
 
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+    def _submit_tracked(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future[Any]:
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-        fut = self._executor._submit(self.job_options, fn, args, kwargs)
-        with self._lock:
+            fut = self._executor._submit(self.job_options, fn, args, kwargs)
             self._futures.add(fut)
+        fut.add_done_callback(self._forget)
         return fut
+
+    def _forget(self, fut: Future[Any]) -> None:
+        with self._lock:
+            self._futures.discard(fut)
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        return self._submit_tracked(fn, args, kwargs)
 
     def map(
         self,
@@ -362,46 +351,75 @@ class JobOptionsExecutor(Executor):
         chunksize: int = 1,
         buffersize: int | None = None,
     ) -> Iterator[T]:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-        return self._executor._map(self.job_options, fn, iterables, timeout, chunksize, buffersize)
+        return _map(
+            lambda chunk: self._submit_tracked(call_chunk, (fn, chunk), {}),
+            iterables,
+            timeout,
+            chunksize,
+            buffersize,
+        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
             self._closed = True
             futures = list(self._futures)
         if cancel_futures:
-            for fut in futures:
-                if not fut.running():
-                    fut.cancel()
+            self._executor._core.cancel_queued(futures)
         if wait:
             wait_all(futures)
+
+
+def _map(
+    submit: Callable[[tuple[tuple[Any, ...], ...]], Future[list[Any]]],
+    iterables: tuple[Iterable[Any], ...],
+    timeout: float | None,
+    chunksize: int,
+    buffersize: int | None,
+) -> Iterator[Any]:
+    """``map`` over ``submit(chunk)``: every chunk submitted now, or, with
+    ``buffersize``, the first ``buffersize`` now and the rest as results are
+    consumed. Either way the submitting happens in this call, as the stdlib's
+    does, so ``timeout`` counts from here and a closed executor raises here."""
+    if chunksize < 1:
+        raise ValueError("chunksize must be >= 1.")
+    if buffersize is not None:
+        if isinstance(buffersize, bool) or not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+    end_time = None if timeout is None else timeout + time.monotonic()
+    chunks = _chunks(iterables, chunksize)
+    if buffersize is None:
+        futures = [submit(chunk) for chunk in chunks]
+        return _result_iterator(futures, end_time)
+    pending = deque(submit(chunk) for chunk in itertools.islice(chunks, buffersize))
+    return _buffered_results(submit, chunks, pending, end_time)
+
+
+def _chunk_result(fut: Future[list[T]], end_time: float | None) -> list[T]:
+    """A chunk's results, waiting at most until ``end_time`` (map's timeout)."""
+    if end_time is None:
+        return fut.result()
+    remaining = end_time - time.monotonic()
+    if remaining <= 0 and not fut.done():
+        raise FuturesTimeoutError()
+    return fut.result(max(0.0, remaining))
 
 
 def _buffered_results(
     submit: Callable[[tuple[tuple[Any, ...], ...]], Future[list[T]]],
     chunks: Iterator[tuple[tuple[Any, ...], ...]],
-    buffersize: int,
+    pending: deque[Future[list[T]]],
     end_time: float | None,
 ) -> Iterator[T]:
     """``map`` with ``buffersize``: at most ``buffersize`` chunks submitted whose
     results are not yet in hand. The next chunk is submitted once the oldest
     one's result arrives, before its values are yielded (3.14 submits it
     before waiting for the oldest: one more in flight, gh-131466)."""
-    pending: deque[Future[list[T]]] = deque()
     try:
-        for chunk in itertools.islice(chunks, buffersize):
-            pending.append(submit(chunk))
         while pending:
             fut = pending[0]
-            if end_time is None:
-                values = fut.result()
-            else:
-                remaining = end_time - time.monotonic()
-                if remaining <= 0 and not fut.done():
-                    raise FuturesTimeoutError()
-                values = fut.result(max(0.0, remaining))
+            values = _chunk_result(fut, end_time)
             pending.popleft()
             del fut
             for chunk in itertools.islice(chunks, 1):
@@ -424,13 +442,7 @@ def _result_iterator(futures: list[Future[list[T]]], end_time: float | None) -> 
     try:
         while futures:
             fut = futures[-1]
-            if end_time is None:
-                chunk = fut.result()
-            else:
-                remaining = end_time - time.monotonic()
-                if remaining <= 0 and not fut.done():
-                    raise FuturesTimeoutError()
-                chunk = fut.result(max(0.0, remaining))
+            chunk = _chunk_result(fut, end_time)
             futures.pop()
             del fut
             chunk.reverse()

@@ -146,6 +146,13 @@ class JobTable:
         """An in-flight job its caller cancelled while it ran: forgotten here
         (whatever the sidecar says of it later is ignored) and counted."""
         job = self.inflight.pop(job_id, None)
+        if job is None:
+            # Queued again after its sidecar died before starting it: RUNNING already.
+            for queued in self.queued:
+                if queued.job_id == job_id:
+                    self.queued.remove(queued)
+                    job = queued
+                    break
         if job is not None:
             self.cancelled += 1
         return job

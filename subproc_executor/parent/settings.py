@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import multiprocessing
 import os
 import sys
@@ -236,13 +237,23 @@ def make_options(
     """Validate per-job options; refuse them for a built-in backend whose pool
     cannot lose one worker without breaking the others."""
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not timeout > 0
+        or not math.isfinite(timeout)
     ):
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        raise ValueError(
+            f"timeout must be a positive, finite number of seconds, or None for no limit; got {timeout!r}"
+        )
     if memory_limit is not None and (
         isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit <= 0
     ):
         raise ValueError(f"memory_limit must be a positive number of bytes or None, got {memory_limit!r}")
+    if memory_limit is not None and not os.path.exists("/proc/self/statm"):
+        raise ValueError(
+            "memory_limit needs /proc (Linux) to read a worker's resident memory, and this system has "
+            "none: drop memory_limit, or cap memory inside the job"
+        )
     if not isinstance(cancel_running, bool):
         raise TypeError(f"cancel_running must be True or False, got {cancel_running!r}")
     options = JobOptions(

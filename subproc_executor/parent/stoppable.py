@@ -54,6 +54,6 @@ class StoppableFuture(Future):  # type: ignore[type-arg]
                 self._condition.notify_all()
         if stop is None:
             return super().cancel()
+        stop()  # never blocks (see Supervisor.stop_job); before callbacks that might
         self._invoke_callbacks()  # type: ignore[attr-defined]
-        stop()
         return True

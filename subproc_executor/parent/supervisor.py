@@ -52,10 +52,12 @@ import enum
 import functools
 import logging
 import os
+import signal
 import threading
 import time
 import weakref
-from concurrent.futures import Future
+from collections import deque
+from concurrent.futures import Future, InvalidStateError
 
 from ..errors import BrokenSubprocExecutor, InitializerFailedError, ProtocolError, SidecarDiedError
 from ..wire import shm
@@ -127,6 +129,10 @@ class Supervisor:
         self._retry: threading.Timer | None = None
         # Set by abandon() (a finalizer, maybe inside the garbage collector).
         self._abandoned = False
+        # Jobs whose futures were cancelled while running (stop_job), for the reader thread.
+        self._stops: deque[int] = deque()
+        # terminate_workers()/kill_workers() was called: what the running jobs' errors say.
+        self._forced: str | None = None
         self._pid = os.getpid()
         # Resolves the futures that have done-callbacks, off the reader thread.
         self._deliverer = Deliverer()
@@ -246,8 +252,27 @@ class Supervisor:
         return fut
 
     def stop_job(self, job_id: int) -> None:
-        """A running job's future was cancelled (``cancel_running``): forget
-        the job and tell the sidecar to kill the worker running it."""
+        """A running job's future was cancelled (``cancel_running``). Takes no
+        lock: ``cancel()`` may run anywhere, even in a generator's finalizer
+        on the reader thread while it holds our lock (as ``abandon`` may). The
+        reader thread forgets the job and tells the sidecar to kill it."""
+        self._stops.append(job_id)
+        sidecar = self.sidecar
+        if sidecar is not None:
+            sidecar.wake()
+        else:
+            # No reader to wake: nothing runs, only the table to clean.
+            self._stop_jobs_now()
+
+    def _stop_jobs_now(self) -> None:
+        while True:
+            try:
+                job_id = self._stops.popleft()
+            except IndexError:
+                return
+            self._stop_job(job_id)
+
+    def _stop_job(self, job_id: int) -> None:
         kill = Kill(JobErrorKind.CANCELLED, f"job {job_id} was cancelled while it ran").encode()
         with self.lock:
             job = self.table.drop(job_id)
@@ -261,10 +286,25 @@ class Supervisor:
                     sidecar.writer.queue_many([(MessageKind.KILL, job_id, kill)])
                 except PipeClosed:
                     pass
-                self._queue_locked(sidecar, self.table.take_sendable())
+            self._refill_locked(sidecar)
+        if sidecar is not None:
+            self._flush(sidecar)
+
+    def cancel_queued(self, futures: list[Future[Any]]) -> None:
+        """Cancel those of ``futures`` whose jobs still wait in the parent
+        (an options() view's shutdown(cancel_futures=True)), telling their
+        waiters at once, as shutdown(cancel_futures=True) does."""
+        wanted = {id(f) for f in futures}
+        with self.lock:
+            taken = [j for j in self.table.queued if id(j.future) in wanted and not j.resent]
+            for job in taken:
+                self.table.queued.remove(job)
+            self.table.cancelled += len(taken)
+            sidecar = self.sidecar
             stop = self._maybe_stop_locked()
             if stop is not None:
                 self._queue_shutdown_locked(stop, _FINISH)
+        _cancel_all(taken)
         if sidecar is not None:
             self._flush(sidecar)
 
@@ -278,6 +318,7 @@ class Supervisor:
         with self.lock:
             if self.state is ExecutorState.RUNNING:
                 self.state = ExecutorState.CLOSING
+            self._forced = "kill_workers()" if sig == signal.SIGKILL else "terminate_workers()"
             cancelled = self.table.cancel_queued()
             sidecar = self.sidecar
             if sidecar is not None and self.state is ExecutorState.CLOSING:
@@ -316,6 +357,8 @@ class Supervisor:
     def _on_frames(self, frames: list[Frame]) -> None:
         """Resolve futures from sidecar frames. Runs on the reader thread; never
         raises, since an escape would stop the reader and strand every future."""
+        if self._stops:
+            self._stop_jobs_now()
         done: list[tuple[Job, Frame, outcome.Payload]] = []
         reports: list[Frame] = []
         # Outcomes in shared memory are taken (mapped and unlinked) at once,
@@ -340,11 +383,7 @@ class Supervisor:
                     self._note_workers(f)
                 elif f.kind is MessageKind.HELLO:
                     self._note_hello(f)
-            if sidecar is not None:
-                self._queue_locked(sidecar, self.table.take_sendable())
-            stop = self._maybe_stop_locked()
-            if stop is not None:
-                self._queue_shutdown_locked(stop, _FINISH)
+            self._refill_locked(sidecar)
         if sidecar is not None:
             self._flush(sidecar)
         for job, f, data in done:
@@ -354,6 +393,15 @@ class Supervisor:
                 self._resolve(job, f.kind, data)
         for f in reports:
             self._report_slow(f)
+
+    def _refill_locked(self, sidecar: SidecarProcess | None) -> None:
+        """A place in the window came free: queue what now fits, and SHUTDOWN
+        if a closing executor has no job left. The caller flushes."""
+        if sidecar is not None:
+            self._queue_locked(sidecar, self.table.take_sendable())
+        stop = self._maybe_stop_locked()
+        if stop is not None:
+            self._queue_shutdown_locked(stop, _FINISH)
 
     def _note_workers(self, frame: Frame) -> None:
         """Lock held. Remember the pool's pids and state from a WORKERS frame."""
@@ -437,6 +485,8 @@ class Supervisor:
                 job.future.set_result(result.value)
             else:
                 job.future.set_exception(result)
+        except InvalidStateError:  # cancelled while it ran (cancel_running) as it finished
+            logger.debug("job %d finished as it was cancelled", job.job_id)
         except BaseException:
             logger.exception("resolving job %d failed", job.job_id)
         if isinstance(result, InitializerFailedError):
@@ -444,6 +494,7 @@ class Supervisor:
 
     def _on_lost(self, end: SidecarExit) -> None:
         """The sidecar is gone. Runs once per sidecar, on its reader thread; never raises."""
+        self._stop_jobs_now()  # cancelled while running: not to be re-sent
         pending: list[Job] = []
         broken_now: BaseException | None = None
         # Its frames are all read: whatever its workers left in shared memory
@@ -486,7 +537,9 @@ class Supervisor:
             err = SidecarDiedError(
                 f"job {job.job_id} was lost: {end.describe()}\n"
                 + (
-                    "The executor is broken: create a new one."
+                    f"Its worker was stopped by {self._forced}; the executor takes no new jobs."
+                    if self._forced is not None
+                    else "The executor is broken: create a new one."
                     if broken
                     else "The executor starts a new sidecar for later jobs."
                 ),
@@ -597,7 +650,10 @@ class Supervisor:
     def _fail_broken(self, jobs: list[Job], reason: BaseException) -> None:
         for job in jobs:
             fut = job.future
-            if fut.done() or (not fut.running() and not fut.set_running_or_notify_cancel()):
+            try:
+                if fut.done() or (not fut.running() and not fut.set_running_or_notify_cancel()):
+                    continue
+            except RuntimeError:  # cancelled while running (cancel_running) just now
                 continue
             err = BrokenSubprocExecutor(f"job {job.job_id} did not run: {reason}", job_id=job.job_id)
             err.__cause__ = reason
@@ -649,7 +705,8 @@ class Supervisor:
             sidecar.wake()
 
     def _on_wake(self) -> None:
-        """The reader thread, woken by abandon()."""
+        """The reader thread, woken by abandon() or stop_job()."""
+        self._stop_jobs_now()
         if self._abandoned:
             self.shutdown(wait=False, cancel_futures=False)
 

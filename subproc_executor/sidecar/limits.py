@@ -53,12 +53,17 @@ class JobWatch:
         self,
         scheduler: Scheduler,
         send_job_error: Callable[[int, JobError], None],
+        *,
         expect_kill: Callable[[int], None] | None = None,
+        idle_workers: Callable[[], list[int]] | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._send_job_error = send_job_error
-        # The backend's optional hook: it reports the death as expected, not as a crash.
+        # The backend's optional hooks: it reports the death as expected, not
+        # as a crash; it says which workers hold no batch (none may be killed
+        # to be replaced without that).
         self._expect_kill = expect_kill
+        self._idle_workers = idle_workers
 
         self._next_memory_poll = math.inf
 
@@ -82,19 +87,27 @@ class JobWatch:
     # next batch over at once), so it looks when a memory-limited job arrives
     # (the idle workers) and when any job ends while such jobs wait or run.
 
-    def check_idle(self, worker_pids: list[int], limit: int) -> None:
+    def check_idle(self, limit: int) -> None:
         """A job with a memory limit arrived: replace idle workers already past it."""
-        busy = set(self._scheduler.running_pids().values())
-        for pid in worker_pids:
-            if pid not in busy:
-                self._check(pid, limit)
+        for pid in self._idle():
+            self._check(pid, limit)
 
     def job_finished(self, pid: int) -> None:
         """A job ended on worker ``pid`` (a backend thread): replace the worker
-        if it holds more than a waiting or running job's memory limit."""
+        if it holds more than a waiting or running job's memory limit and has
+        no batch of its own yet."""
         limit = self._scheduler.smallest_memory_limit()
-        if limit is not None:
+        if limit is not None and pid in self._idle():
             self._check(pid, limit)
+
+    def _idle(self) -> list[int]:
+        if self._idle_workers is None:
+            return []  # a backend that cannot say: never killed to be replaced
+        try:
+            return list(self._idle_workers())
+        except Exception:
+            logger.exception("the backend's idle_worker_pids() failed")
+            return []
 
     def _check(self, pid: int, limit: int) -> None:
         rss = resident_bytes(pid)

@@ -154,7 +154,12 @@ class SidecarLoop:
         # {pool generation: its workers' exit codes when it was replaced}.
         self._codes_by_generation: dict[int, dict[int, int | None]] = {}
         # Time and memory limits, and KILL: jobs stopped on purpose.
-        self._watch = JobWatch(scheduler, self._send_job_error, getattr(backend, "expect_kill", None))
+        self._watch = JobWatch(
+            scheduler,
+            self._send_job_error,
+            expect_kill=getattr(backend, "expect_kill", None),
+            idle_workers=getattr(backend, "idle_worker_pids", None),
+        )
         # The pool as last told to the parent (WORKERS).
         self._workers_sent: Workers | None = None
         # Whether the backend's pool survives the loss of one worker (a
@@ -221,14 +226,27 @@ class SidecarLoop:
         sel.register(self._read_fd, selectors.EVENT_READ, "parent")
         sel.register(self._wake_pipe.fileno(), selectors.EVENT_READ, "wake")
         next_poll = time.monotonic() + _PARENT_POLL_SECONDS
+        # Start records are read on every turn; the loop also wakes for them
+        # while a job's start must be acted on at once (a time or memory
+        # limit, a stop waiting for the job to start), and only then: an
+        # extra wakeup per job otherwise.
+        watching_starts = False
         # Jobs may have arrived with INIT, before the loop: hand them out first.
         self._dispatch()
         while True:
+            if self._notify is not None and self._scheduler.needs_start_records != watching_starts:
+                watching_starts = not watching_starts
+                if watching_starts:
+                    sel.register(self._notify.fileno(), selectors.EVENT_READ, "starts")
+                else:
+                    sel.unregister(self._notify.fileno())
             timeout = max(0.0, min(next_poll, self._next_timer()) - time.monotonic())
             for key, _ in sel.select(timeout):
                 if key.data == "wake":
                     self._wake_pipe.drain()
                     continue
+                if key.data == "starts":
+                    continue  # read below, with every turn's
                 try:
                     frames = read_frames(self._read_fd, self._decoder)
                 except ProtocolError as exc:
@@ -281,7 +299,7 @@ class SidecarLoop:
                     continue
                 self._scheduler.add(frame.job_id, limited.payload, limited.limits)
                 if limited.limits.memory_limit is not None:
-                    self._watch.check_idle(self._backend.worker_pids(), limited.limits.memory_limit)
+                    self._watch.check_idle(limited.limits.memory_limit)
             elif kind is MessageKind.KILL:
                 try:
                     kill = Kill.decode(frame.payload)

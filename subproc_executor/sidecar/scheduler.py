@@ -156,6 +156,8 @@ class Scheduler:
         self._limited: dict[int, _Job] = {}
         # A job with a memory limit was seen: workers' memory is worth watching.
         self.uses_memory_limits = False
+        # Jobs to stop as soon as their start record names their worker.
+        self._pending_kills: set[int] = set()
         # Whether the backend's workers announce jobs at all (see messages.StartRecord).
         self._seen_records = False
 
@@ -262,6 +264,7 @@ class Scheduler:
                     if job.kill.pid is None:
                         job.kill = job.kill.replace(pid=pid)
                     self._killed[pid] = job_id
+                    self._pending_kills.discard(job_id)
                     return pid
         return None
 
@@ -283,6 +286,7 @@ class Scheduler:
                 return ("gone", None)
             job.kill = error
             if job.start is None:
+                self._pending_kills.add(job_id)
                 return ("pending", None)
             pid = job.start[0]
             if error.pid is None:
@@ -296,6 +300,12 @@ class Scheduler:
         fails, every job of it is requeued without counting a crash."""
         with self._lock:
             self._killed[pid] = -1
+
+    @property
+    def needs_start_records(self) -> bool:
+        """Whether a start record may have to be acted on at once: a limited
+        job in the backend, or a stop waiting for its job to start."""
+        return bool(self._limited) or bool(self._pending_kills)
 
     def expired(self, now: float) -> list[tuple[int, JobError]]:
         """Jobs running past their time limit, each with the error it fails with."""
@@ -390,6 +400,8 @@ class Scheduler:
         with self._lock:
             self._release_locked(batch)
             facts = self._broken.setdefault(batch.generation, dict(exitcodes))
+            for old in [g for g in self._broken if g < batch.generation - 8]:
+                del self._broken[old]
             for pid, code in exitcodes.items():
                 if facts.get(pid) is None:
                     facts[pid] = code
@@ -401,9 +413,8 @@ class Scheduler:
             # Killed on purpose: the stopped job fails with its own error,
             # every other job of the batch goes back as it was.
             stopped = [j for j in batch.jobs if j.kill is not None]
-            if stopped or (
-                running is not None and running.start is not None and running.start[0] in self._killed
-            ):
+            killed_pid = running.start[0] if running is not None and running.start is not None else died_pid
+            if stopped or (killed_pid is not None and killed_pid in self._killed):
                 for job in batch.jobs:
                     if job.kill is not None:
                         failures.append(Failure(job.job_id, _with_exit(job.kill, facts)))
@@ -464,6 +475,7 @@ class Scheduler:
         for job in batch.jobs:
             self._in_backend.pop(job.job_id, None)
             self._limited.pop(job.job_id, None)
+            self._pending_kills.discard(job.job_id)
 
 
 def _timed_out(job_id: int, pid: int, limit: float, elapsed: float) -> JobError:

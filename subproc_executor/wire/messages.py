@@ -192,6 +192,14 @@ class _JsonRecord(Record):
         return cls(**values)
 
 
+def _split_line(record: str, what: str, payload: bytes | bytearray | memoryview) -> tuple[bytes, bytes]:
+    """(the JSON line, the opaque bytes after it) of a payload laid out as both."""
+    header, newline, rest = bytes(payload).partition(b"\n")
+    if not newline:
+        raise ProtocolError(f"{record}: no newline after the {what} line")
+    return header, rest
+
+
 # -- INIT ----------------------------------------------------------------------------------
 
 
@@ -250,10 +258,7 @@ class Init(Record):
 
     @classmethod
     def decode(cls, payload: bytes | bytearray | memoryview) -> Init:
-        data = bytes(payload)
-        header, newline, initializer = data.partition(b"\n")
-        if not newline:
-            raise ProtocolError("Init: no newline after the settings line")
+        header, initializer = _split_line(cls.__name__, "settings", payload)
         return cls(SidecarSettings.decode(header), initializer or None)
 
 
@@ -396,10 +401,7 @@ class LimitedJob(Record):
 
     @classmethod
     def decode(cls, payload: bytes | bytearray | memoryview) -> LimitedJob:
-        data = bytes(payload)
-        header, newline, job = data.partition(b"\n")
-        if not newline:
-            raise ProtocolError("LimitedJob: no newline after the limits line")
+        header, job = _split_line(cls.__name__, "limits", payload)
         return cls(JobLimits.decode(header), job)
 
 

@@ -292,6 +292,12 @@ class PipesBackend:
         with self._lock:
             self._expected_kills.add(pid)
 
+    def idle_worker_pids(self) -> list[int]:
+        """Workers that hold no batch now (the sidecar may replace one of
+        these without touching a job)."""
+        with self._lock:
+            return [w.pid for w in self._idle]
+
     def worker_pids(self) -> list[int]:
         with self._lock:
             return sorted(pid for pid, w in self._workers.items() if not w.retiring)
