@@ -30,7 +30,6 @@ import time
 from collections import deque
 from concurrent.futures import Future
 
-from ..wire.messages import JobLimits
 from ..wire.record import Record
 from ..wire.shm import Segment
 
@@ -59,8 +58,9 @@ class Job(Record, frozen=False):
     # The shared memory holding the job's bytes when ``payload`` names it:
     # unlinked when the job ends, or when this record is dropped.
     segment: Segment | None = None
-    # Time and memory limits the sidecar enforces (a SUBMIT_LIMITED frame).
-    limits: JobLimits | None = None
+    # The head of a SUBMIT_LIMITED payload (messages.LimitedJob.head): the
+    # time and memory limits the sidecar enforces; None for a plain SUBMIT.
+    limits: bytes | None = None
 
     def __init__(
         self,
@@ -69,7 +69,7 @@ class Job(Record, frozen=False):
         payload: bytes,
         *,
         segment: Segment | None = None,
-        limits: JobLimits | None = None,
+        limits: bytes | None = None,
     ) -> None:
         # Spelled out: one is made per submit (Record's general __init__
         # fills defaults in a Python loop).

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 
 from ..wire import shm
-from ..wire.messages import JobLimits, SidecarSettings
+from ..wire.messages import JobLimits, LimitedJob, SidecarSettings
 from ..wire.record import Record, field
 from ..worker.pickling import DEFAULT_PICKLER, Pickler, pickler_name, resolve_pickler
 
@@ -229,6 +229,12 @@ class JobOptions(Record):
         if self.timeout is None and self.memory_limit is None:
             return None
         return JobLimits(timeout=self.timeout, memory_limit=self.memory_limit)
+
+    def limits_line(self) -> bytes | None:
+        """The head of a SUBMIT_LIMITED payload (``LimitedJob``): the limits'
+        JSON and a newline, made once per options, not once per job."""
+        limits = self.limits
+        return None if limits is None else LimitedJob.head(limits)
 
 
 def make_options(

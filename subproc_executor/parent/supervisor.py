@@ -61,7 +61,7 @@ from concurrent.futures import Future, InvalidStateError
 
 from ..errors import BrokenSubprocExecutor, InitializerFailedError, ProtocolError, SidecarDiedError
 from ..wire import shm
-from ..wire.messages import Hello, Init, JobErrorKind, Kill, LimitedJob, Shutdown, Status, Workers
+from ..wire.messages import Hello, Init, JobErrorKind, Kill, Shutdown, Status, Workers
 from ..wire.protocol import Frame, MessageKind
 from ..wire.transport import PipeClosed
 from . import outcome
@@ -175,7 +175,7 @@ class Supervisor:
                     [
                         (MessageKind.SUBMIT, j.job_id, j.payload)
                         if j.limits is None
-                        else (MessageKind.SUBMIT_LIMITED, j.job_id, LimitedJob(j.limits, j.payload).encode())
+                        else (MessageKind.SUBMIT_LIMITED, j.job_id, j.limits + j.payload)
                         for j in jobs
                     ]
                 )
@@ -242,7 +242,7 @@ class Supervisor:
             job_id = self.table.new_id()
             if isinstance(fut, StoppableFuture):
                 fut.bind(functools.partial(self.stop_job, job_id))
-            limits = options.limits if options is not None else None
+            limits = options.limits_line() if options is not None else None
             self.table.enqueue(Job(job_id, fut, payload, segment=segment, limits=limits))
             sidecar = self.sidecar
             if sidecar is not None:

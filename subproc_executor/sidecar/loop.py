@@ -58,6 +58,7 @@ from ..wire.messages import (
     Fatal,
     JobError,
     JobErrorKind,
+    JobLimits,
     Kill,
     LimitedJob,
     OutcomeTag,
@@ -160,6 +161,8 @@ class SidecarLoop:
             expect_kill=getattr(backend, "expect_kill", None),
             idle_workers=getattr(backend, "idle_worker_pids", None),
         )
+        # {limits line: its JobLimits}, so each distinct line is decoded once.
+        self._limits_seen: dict[bytes, JobLimits] = {}
         # The pool as last told to the parent (WORKERS).
         self._workers_sent: Workers | None = None
         # Whether the backend's pool survives the loss of one worker (a
@@ -288,7 +291,7 @@ class SidecarLoop:
                 self._scheduler.add(frame.job_id, frame.payload)
             elif kind is MessageKind.SUBMIT_LIMITED:
                 try:
-                    limited = LimitedJob.decode(frame.payload)
+                    limited = self._decode_limited(frame.payload)
                 except ProtocolError as exc:
                     self._send_job_error(
                         frame.job_id, JobError(JobErrorKind.BACKEND, f"its limits could not be read: {exc}")
@@ -592,6 +595,18 @@ class SidecarLoop:
         return 0
 
     # -- frames to the parent (never blocking the main loop) ------------------
+
+    def _decode_limited(self, payload: bytes) -> LimitedJob:
+        """A SUBMIT_LIMITED payload; its limits line decoded once per distinct
+        line (every job of one options() view has the same)."""
+        head, newline, job = payload.partition(b"\n")
+        limits = self._limits_seen.get(head) if newline else None
+        if limits is None:
+            decoded = LimitedJob.decode(payload)
+            if len(self._limits_seen) < 64:
+                self._limits_seen[head] = decoded.limits
+            return decoded
+        return LimitedJob(limits, job)
 
     def _cannot_stop(self, job_id: int) -> JobError:
         return JobError(

@@ -34,6 +34,7 @@ started after the kill was decided) are requeued without counting a crash.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import signal
@@ -152,8 +153,14 @@ class Scheduler:
         self._broken: dict[int, dict[int, int | None]] = {}
         # {pid: job_id} of workers killed on purpose, to stop that job.
         self._killed: dict[int, int] = {}
-        # Jobs in the backend with a time or memory limit.
+        # Jobs in the backend with a time or memory limit, and those of them
+        # with a memory limit; (deadline, job_id) of running jobs with a time
+        # limit, earliest first (entries of jobs since gone or restarted are
+        # dropped when they come up). The loop asks for deadlines on every
+        # turn: a heap keeps that O(1) however many jobs are in flight.
         self._limited: dict[int, _Job] = {}
+        self._memory_limited: dict[int, _Job] = {}
+        self._deadlines: list[tuple[float, int]] = []
         # A job with a memory limit was seen: workers' memory is worth watching.
         self.uses_memory_limits = False
         # Jobs to stop as soon as their start record names their worker.
@@ -185,7 +192,7 @@ class Scheduler:
         with self._lock:
             limits = [
                 job.limits.memory_limit
-                for job in itertools.chain(self._waiting, self._limited.values())
+                for job in itertools.chain(self._waiting, self._memory_limited.values())
                 if job.limits is not None and job.limits.memory_limit is not None
             ]
         return min(limits, default=None)
@@ -236,6 +243,8 @@ class Scheduler:
                     self._in_backend[job.job_id] = job
                     if job.limits is not None:
                         self._limited[job.job_id] = job
+                        if job.limits.memory_limit is not None:
+                            self._memory_limited[job.job_id] = job
                 out.append(batch)
         return out
 
@@ -260,6 +269,8 @@ class Scheduler:
             job = self._in_backend.get(job_id)
             if job is not None:
                 job.start = (pid, when)
+                if job.limits is not None and job.limits.timeout is not None:
+                    heapq.heappush(self._deadlines, (when + job.limits.timeout, job_id))
                 if job.kill is not None:
                     if job.kill.pid is None:
                         job.kill = job.kill.replace(pid=pid)
@@ -311,38 +322,40 @@ class Scheduler:
         """Jobs running past their time limit, each with the error it fails with."""
         out = []
         with self._lock:
-            for job in self._limited.values():
-                limits = job.limits
-                if (
-                    job.kill is None
-                    and job.start is not None
-                    and limits is not None
-                    and limits.timeout is not None
-                ):
+            while self._deadlines and self._deadlines[0][0] <= now:
+                deadline, job_id = heapq.heappop(self._deadlines)
+                job = self._current_deadline_job_locked(deadline, job_id)
+                if job is not None and job.start is not None and job.limits is not None:
                     pid, t0 = job.start
-                    if now - t0 >= limits.timeout:
-                        out.append((job.job_id, _timed_out(job.job_id, pid, limits.timeout, now - t0)))
+                    limit = job.limits.timeout or 0.0
+                    out.append((job_id, _timed_out(job_id, pid, limit, now - t0)))
         return out
 
     def next_deadline(self) -> float:
         """When the next running job reaches its time limit (monotonic), or inf."""
         with self._lock:
-            deadlines = [
-                job.start[1] + job.limits.timeout
-                for job in self._limited.values()
-                if job.kill is None
-                and job.start is not None
-                and job.limits is not None
-                and job.limits.timeout is not None
-            ]
-        return min(deadlines, default=math.inf)
+            while self._deadlines:
+                deadline, job_id = self._deadlines[0]
+                if self._current_deadline_job_locked(deadline, job_id) is not None:
+                    return deadline
+                heapq.heappop(self._deadlines)
+        return math.inf
+
+    def _current_deadline_job_locked(self, deadline: float, job_id: int) -> _Job | None:
+        """The job a heap entry is for, if that entry still holds: the job runs,
+        is not being stopped, and started when the entry says."""
+        job = self._limited.get(job_id)
+        if job is None or job.kill is not None or job.start is None or job.limits is None:
+            return None
+        timeout = job.limits.timeout
+        return job if timeout is not None and job.start[1] + timeout == deadline else None
 
     def memory_watch(self) -> list[tuple[int, int, int]]:
         """(job_id, pid, limit) of running jobs with a memory limit."""
         with self._lock:
             return [
                 (job.job_id, job.start[0], job.limits.memory_limit)
-                for job in self._limited.values()
+                for job in self._memory_limited.values()
                 if job.kill is None
                 and job.start is not None
                 and job.limits is not None
@@ -380,6 +393,7 @@ class Scheduler:
                     del batch.jobs[i]
                     self._in_backend.pop(job_id, None)
                     self._limited.pop(job_id, None)
+                    self._memory_limited.pop(job_id, None)
                     return True
         return False
 
@@ -475,6 +489,7 @@ class Scheduler:
         for job in batch.jobs:
             self._in_backend.pop(job.job_id, None)
             self._limited.pop(job.job_id, None)
+            self._memory_limited.pop(job.job_id, None)
             self._pending_kills.discard(job.job_id)
 
 

@@ -397,7 +397,12 @@ class LimitedJob(Record):
     payload: bytes
 
     def encode(self) -> bytes:
-        return self.limits.encode() + b"\n" + self.payload
+        return self.head(self.limits) + self.payload
+
+    @staticmethod
+    def head(limits: JobLimits) -> bytes:
+        """What precedes the job bytes: the same for every job with these limits."""
+        return limits.encode() + b"\n"
 
     @classmethod
     def decode(cls, payload: bytes | bytearray | memoryview) -> LimitedJob:
