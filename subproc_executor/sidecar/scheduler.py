@@ -56,6 +56,10 @@ __all__ = ["Batch", "Failure", "Scheduler", "culprit"]
 # fails. Higher tolerates more bad luck next to a crashing job; lower
 # wastes less time on a job that crashes its worker every time.
 MAX_CRASH_RETRIES: Final = 2
+# A time limit shorter than this needs its job's start record read at once
+# (the sidecar's loop then wakes for start records); a longer one is served
+# by the loop's half-second idle poll, which costs no wakeup per job.
+URGENT_TIMEOUT_SECONDS: Final = 1.0
 # Jobs whose payloads add up to more than this are not grouped further.
 MAX_BATCH_BYTES: Final = 1 << 20
 
@@ -165,6 +169,12 @@ class Scheduler:
         self.uses_memory_limits = False
         # Jobs to stop as soon as their start record names their worker.
         self._pending_kills: set[int] = set()
+        # Limited jobs in the backend whose start record must be read at once:
+        # a memory limit (watched from the start), or a time limit shorter
+        # than URGENT_TIMEOUT_SECONDS. For a longer one the loop's idle poll
+        # reads the record in time: its deadline counts from the worker's own
+        # clock reading, not from when the record is read.
+        self._urgent: set[int] = set()
         # Whether the backend's workers announce jobs at all (see messages.StartRecord).
         self._seen_records = False
 
@@ -245,6 +255,11 @@ class Scheduler:
                         self._limited[job.job_id] = job
                         if job.limits.memory_limit is not None:
                             self._memory_limited[job.job_id] = job
+                        timeout = job.limits.timeout
+                        if job.limits.memory_limit is not None or (
+                            timeout is not None and timeout < URGENT_TIMEOUT_SECONDS
+                        ):
+                            self._urgent.add(job.job_id)
                 out.append(batch)
         return out
 
@@ -314,9 +329,10 @@ class Scheduler:
 
     @property
     def needs_start_records(self) -> bool:
-        """Whether a start record may have to be acted on at once: a limited
-        job in the backend, or a stop waiting for its job to start."""
-        return bool(self._limited) or bool(self._pending_kills)
+        """Whether a start record may have to be acted on at once: a job with
+        a memory limit or a short time limit in the backend, or a stop waiting
+        for its job to start."""
+        return bool(self._urgent) or bool(self._pending_kills)
 
     def expired(self, now: float) -> list[tuple[int, JobError]]:
         """Jobs running past their time limit, each with the error it fails with."""
@@ -394,6 +410,7 @@ class Scheduler:
                     self._in_backend.pop(job_id, None)
                     self._limited.pop(job_id, None)
                     self._memory_limited.pop(job_id, None)
+                    self._urgent.discard(job_id)
                     return True
         return False
 
@@ -490,6 +507,7 @@ class Scheduler:
             self._in_backend.pop(job.job_id, None)
             self._limited.pop(job.job_id, None)
             self._memory_limited.pop(job.job_id, None)
+            self._urgent.discard(job.job_id)
             self._pending_kills.discard(job.job_id)
 
 
