@@ -233,8 +233,18 @@ class JobOptions(Record):
     def limits_line(self) -> bytes | None:
         """The head of a SUBMIT_LIMITED payload (``LimitedJob``): the limits'
         JSON and a newline, made once per options, not once per job."""
-        limits = self.limits
-        return None if limits is None else LimitedJob.head(limits)
+        try:
+            return _LIMITS_LINES[self]
+        except KeyError:
+            limits = self.limits
+            line = None if limits is None else LimitedJob.head(limits)
+            if len(_LIMITS_LINES) < 256:
+                _LIMITS_LINES[self] = line
+            return line
+
+
+# {options: its SUBMIT_LIMITED head}: a JSON encode per options, not per job.
+_LIMITS_LINES: dict[JobOptions, bytes | None] = {}
 
 
 def make_options(
