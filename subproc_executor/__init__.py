@@ -25,21 +25,26 @@ if TYPE_CHECKING:
         WorkerMemoryError,
     )
     from .parent.executor import SubprocExecutor
-    from .stats import ExecutorStatistics, SlowJobReport
+    from .parent.progress import ProgressReport
+    from .stats import ExecutorStatistics, SlowJobReport, TimingSummary
+    from .worker.progress import report_progress
 
 __all__ = [
     "BrokenSubprocExecutor",
     "ExecutorStatistics",
     "InitializerFailedError",
     "JobTimeoutError",
+    "ProgressReport",
     "ProtocolError",
     "RemoteError",
     "SidecarDiedError",
     "SlowJobReport",
     "SubprocExecutor",
+    "TimingSummary",
     "WorkerDiedError",
     "WorkerMemoryError",
     "__version__",
+    "report_progress",
 ]
 
 __version__ = "0.1.0"
@@ -57,6 +62,10 @@ _EXPORTS = {
     "SubprocExecutor": "parent.executor",
     "ExecutorStatistics": "stats",
     "SlowJobReport": "stats",
+    "TimingSummary": "stats",
+    "ProgressReport": "parent.progress",
+    # Runs in jobs: importing it loads no executor.
+    "report_progress": "worker.progress",
 }
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ExecutorStatistics", "SlowJobReport"]
+__all__ = ["ExecutorStatistics", "SlowJobReport", "TimingSummary"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +18,20 @@ class SlowJobReport:
     job_id: int
     elapsed: float  # seconds since the worker started the job
     pid: int  # the worker running it
+
+
+@dataclass(frozen=True, slots=True)
+class TimingSummary:
+    """Percentiles of a duration over the last ``count`` jobs (at most 10,000), in seconds.
+
+    ``count`` 0: no job has finished yet, and every value is 0.0.
+    """
+
+    count: int
+    p50: float
+    p95: float
+    p99: float
+    max: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +50,11 @@ class ExecutorStatistics:
         quiesced: the workers are released (``quiesce()`` or ``idle_timeout``).
         sidecar_starts: sidecars started so far; more than 1 means restarts.
         state: "running", "closing", "closed" or "broken".
+        queue_wait: submit -> start in a worker, over recent jobs that ran
+            (the parent's queue, the pipes and the sidecar's queue).
+        run_time: start in a worker -> the job's call returned or raised.
+        jobs_per_worker: {worker pid: jobs it ran}, every worker since the
+            executor started (replaced ones included).
     """
 
     submitted: int
@@ -49,6 +68,9 @@ class ExecutorStatistics:
     quiesced: bool
     sidecar_starts: int
     state: str
+    queue_wait: TimingSummary
+    run_time: TimingSummary
+    jobs_per_worker: dict[int, int]
 
     @property
     def sidecar_restarts(self) -> int:

@@ -433,3 +433,54 @@ def keep_memory(nbytes: int) -> int:
         block[i] = 1
     _kept.append(block)
     return os.getpid()
+
+
+# -- progress (issue 14) ---------------------------------------------------------------------
+
+
+def report_steps(n: int, gate: str | None = None) -> int:
+    """Report 1..n, each after the previous one reached the parent (a report
+    is sent at once only every ``INTERVAL``: wait it out between steps)."""
+    from subproc_executor import report_progress
+    from subproc_executor.worker import progress
+
+    for i in range(1, n + 1):
+        report_progress(i, total=n, message=f"step {i}")
+        time.sleep(progress.INTERVAL)
+    if gate is not None:
+        wait_for_path(gate)
+    return n
+
+
+def report_then_die(started: str) -> None:
+    """Report once (sent at once: the job's first report), then crash the worker."""
+    from subproc_executor import report_progress
+
+    report_progress(1, total=2, message="about to crash")
+    write_pid(started)
+    os._exit(3)
+
+
+def flood_progress(n: int) -> tuple[int, float, int]:
+    """Call report_progress ``n`` times: (records written, seconds taken, peak bytes allocated)."""
+    import tracemalloc
+
+    from subproc_executor import report_progress
+    from subproc_executor.worker import progress
+
+    before = progress.written
+    tracemalloc.start()
+    start = time.monotonic()
+    for i in range(n):
+        report_progress(i, n)
+    elapsed = time.monotonic() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return progress.written - before, elapsed, peak
+
+
+def timed_sleep(seconds: float) -> tuple[float, float]:
+    """Sleep; (monotonic at the call's start, at its end)."""
+    start = time.monotonic()
+    time.sleep(seconds)
+    return start, time.monotonic()

@@ -41,6 +41,7 @@ from subproc_executor.parent.settings import (
 from subproc_executor.sidecar.backends import Backend, BackendConfig
 from subproc_executor.sidecar.backends import load_backend as load_target
 from subproc_executor.wire.messages import OutcomeTag, decode_error_outcome
+from subproc_executor.wire.progress import OUTCOME_TIMING_SIZE, OutcomeTiming
 from subproc_executor.worker.pickling import DEFAULT_PICKLER, HybridPickler
 
 EXAMPLE = "example_backend:PipeBackend"
@@ -86,6 +87,9 @@ def _payload(fn: Callable[..., object], *args: object, **kwargs: object) -> byte
 
 def _decode(outcome: bytes) -> tuple[int, object]:
     """(tag, value) for a value outcome, (tag, exception type name) otherwise."""
+    started, ended, pid = OutcomeTiming.decode(outcome)
+    assert started <= ended and pid > 0, (started, ended, pid)
+    outcome = outcome[OUTCOME_TIMING_SIZE:]
     tag = outcome[0]
     if tag == OutcomeTag.VALUE:
         return tag, HybridPickler.loads(outcome[1:])

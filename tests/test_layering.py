@@ -145,8 +145,8 @@ def _layer(may_import: str = "", never_external: str = "", why: str = "") -> Lay
 # Only backends/loky.py imports loky (the optional pool stays optional).
 _NO_LOKY = "loky"
 
-_WIRE = "wire wire.protocol wire.messages wire.transport wire.fdtools wire.shm wire.record"
-_WORKER = "worker worker.job worker.pickling"
+_WIRE = "wire wire.protocol wire.messages wire.progress wire.transport wire.fdtools wire.shm wire.record"
+_WORKER = "worker worker.job worker.pickling worker.progress"
 
 LAYERS: dict[str, Layer] = {
     # -- wire: spoken by every process; imports nothing else of ours ---------------------
@@ -170,6 +170,11 @@ LAYERS: dict[str, Layer] = {
         f"pickle concurrent.futures {_NO_LOKY}",
         why="frames over descriptors; knows frames, not jobs",
     ),
+    "wire.progress": _layer(
+        "wire.protocol",
+        f"os threading subprocess pickle {_NO_LOKY}",
+        why="progress records and the outcome's timing head; pure",
+    ),
     "wire.fdtools": _layer(
         never_external=_NO_LOKY, why="drain, wake pipe, signal, pidfd: one copy for every process"
     ),
@@ -189,20 +194,25 @@ LAYERS: dict[str, Layer] = {
     "worker.pipes_main": _layer(
         "worker.job", _NO_LOKY, why="a pipes worker's main: READY, then batches until STOP"
     ),
+    "worker.progress": _layer(
+        "wire.progress",
+        f"subprocess selectors {_NO_LOKY}",
+        why="report_progress: coalesced, never-blocking records from a running job",
+    ),
     "worker.job": _layer(
-        "worker.pickling wire.messages wire.fdtools wire.shm",
+        "worker.pickling worker.progress wire.messages wire.fdtools wire.progress wire.shm",
         _NO_LOKY,
         why="runs one job and encodes its outcome; knows the wire's record layouts",
     ),
     # -- parent: runs in the user's process --------------------------------------------------
     "parent": _layer(never_external=_NO_LOKY, why="the folder: code that runs in the user's process"),
     "parent.settings": _layer(
-        "stats wire.messages wire.shm worker.pickling wire.record",
+        "stats wire.messages wire.shm worker.pickling wire.record parent.progress",
         _NO_LOKY,
         why="validates the constructor once; the table of built-in backends, as strings",
     ),
     "parent.jobtable": _layer(
-        "wire.shm wire.record wire.messages",
+        "wire.shm wire.record wire.messages parent.progress",
         f"os subprocess selectors {_NO_LOKY}",
         why="queued / in flight / window / counters; no I/O",
     ),
@@ -215,7 +225,7 @@ LAYERS: dict[str, Layer] = {
         why="starts and watches one sidecar process",
     ),
     "parent.outcome": _layer(
-        "errors wire.messages wire.protocol wire.shm worker.pickling wire.record",
+        "errors wire.messages wire.progress wire.protocol wire.shm worker.pickling wire.record",
         _NO_LOKY,
         why="decodes outcome bytes and JOB_ERROR records into values or exceptions",
     ),
@@ -223,23 +233,45 @@ LAYERS: dict[str, Layer] = {
         never_external=f"os subprocess selectors {_NO_LOKY}",
         why="a Future whose cancel() stops a running job (cancel_running)",
     ),
+    "parent.progress": _layer(
+        "wire.progress wire.protocol wire.record",
+        f"os subprocess selectors {_NO_LOKY}",
+        why="PROGRESS frames into ProgressReports for the jobs that listen",
+    ),
+    "parent.timings": _layer(
+        "stats wire.progress",
+        f"os subprocess selectors threading {_NO_LOKY}",
+        why="queue wait and run time of recent jobs, for statistics()",
+    ),
+    "parent.mapbar": _layer(
+        "parent.progress",
+        f"os subprocess selectors {_NO_LOKY}",
+        why="map(progress=True): the tqdm bar and what feeds it",
+    ),
+    "parent.mapping": _layer(
+        "parent.mapbar parent.settings parent.progress",
+        f"os subprocess selectors {_NO_LOKY}",
+        why="map's chunks, buffersize, result order and progress bar",
+    ),
     "parent.delivery": _layer(
         never_external=f"os subprocess selectors {_NO_LOKY}",
         why="resolves futures with done-callbacks on threads that never read a pipe",
     ),
     "parent.supervisor": _layer(
         "errors stats wire.messages wire.protocol wire.shm wire.transport parent.outcome parent.jobtable "
-        "parent.launcher parent.settings parent.delivery parent.stoppable",
+        "parent.launcher parent.settings parent.delivery parent.stoppable parent.progress parent.timings",
         _NO_LOKY,
         why="the job table, the current sidecar and the frames between them",
     ),
     "parent.executor": _layer(
         "stats wire.messages wire.protocol worker.job worker.pickling parent.spawn parent.settings "
-        "parent.supervisor",
+        "parent.supervisor parent.mapping parent.progress",
         _NO_LOKY,
         why="the public API; names the backend as a string, never imports one",
     ),
-    "__init__": _layer("errors parent.executor stats", _NO_LOKY, why="public names only"),
+    "__init__": _layer(
+        "errors parent.executor parent.progress stats worker.progress", _NO_LOKY, why="public names only"
+    ),
     # -- sidecar: runs in the sidecar process ------------------------------------------------
     "sidecar": _layer(never_external=_NO_LOKY, why="the folder: code that runs in the sidecar"),
     "sidecar.__main__": _layer("sidecar.main", _NO_LOKY, why="python -m subproc_executor.sidecar"),
@@ -249,8 +281,8 @@ LAYERS: dict[str, Layer] = {
         why="start-up: reads INIT, builds the backend, says HELLO",
     ),
     "sidecar.loop": _layer(
-        "errors wire.fdtools wire.messages wire.protocol wire.shm wire.transport sidecar.backends "
-        "sidecar.scheduler sidecar.limits",
+        "errors wire.fdtools wire.messages wire.progress wire.protocol wire.shm wire.transport "
+        "sidecar.backends sidecar.scheduler sidecar.limits",
         _NO_LOKY,
         why="the main loop; loads backend implementations by name at run time",
     ),

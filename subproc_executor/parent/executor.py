@@ -27,23 +27,20 @@ imported here: they are named by string.
 from __future__ import annotations
 
 import atexit
-import itertools
 import logging
 import os
 import signal
 import threading
-import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from concurrent.futures import TimeoutError as FuturesTimeoutError
 from concurrent.futures import wait as wait_all
 
 from ..wire.messages import SIDECAR_PID_ENV
 from ..wire.protocol import MessageKind
 from ..worker.job import call_chunk
 from ..worker.pickling import dump_into
+from .mapping import map_chunks
 from .settings import DEFAULT_SHM_THRESHOLD, JobOptions, make_options, make_settings
 from .spawn import sidecar_env
 from .supervisor import Supervisor, shutdown_all_at_exit
@@ -56,6 +53,7 @@ if TYPE_CHECKING:
     # Public dataclasses: loaded on first use, so importing the
     # executor does not load dataclasses (and inspect, ast, ...).
     from ..stats import ExecutorStatistics, SlowJobReport
+    from .progress import ProgressReport
 
 __all__ = ["JobOptionsExecutor", "SubprocExecutor"]
 
@@ -122,9 +120,13 @@ class SubprocExecutor(Executor):
             ``WorkerMemoryError``.
         cancel_running: ``Future.cancel()`` stops a running job too (its
             worker is killed) and returns True.
-        The last three are defaults for every job; ``options()`` sets them
-        for some. They need a backend that can lose one worker without
-        breaking its pool: "pipes" (others refuse them).
+        on_progress: called with a ``ProgressReport`` each time a running
+            job's ``report_progress`` reaches the parent (about ten a second
+            at most per job), on the reader thread; keep it quick. A
+            callback that raises is logged; the job goes on.
+        The last four are defaults for every job; ``options()`` sets them
+        for some. The limits and ``cancel_running`` need a backend that can
+        lose one worker without breaking its pool: "pipes" (others refuse them).
     """
 
     def __init__(
@@ -146,6 +148,7 @@ class SubprocExecutor(Executor):
         job_timeout: float | None = None,
         memory_limit: int | None = None,
         cancel_running: bool = False,
+        on_progress: Callable[[ProgressReport], object] | None = None,
     ) -> None:
         if os.environ.get(SIDECAR_PID_ENV) == str(os.getpid()):
             raise RuntimeError(
@@ -169,6 +172,7 @@ class SubprocExecutor(Executor):
             job_timeout=job_timeout,
             memory_limit=memory_limit,
             cancel_running=cancel_running,
+            on_progress=on_progress,
         )
         self._settings = settings
         self._options: JobOptions | None = settings.options if settings.options != JobOptions() else None
@@ -220,6 +224,7 @@ class SubprocExecutor(Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        progress: object = False,
     ) -> Iterator[T]:
         """Like ``ProcessPoolExecutor.map``: results in order, ``timeout``
         counted from this call, a job's exception raised when its result is
@@ -228,13 +233,22 @@ class SubprocExecutor(Executor):
         ``buffersize`` (Python 3.14's meaning, on every version): the inputs
         are read lazily, and at most ``buffersize`` chunks are submitted ahead
         of the consumer (never one more), so an endless iterator works.
+
+        ``progress=True`` draws a tqdm bar of the items completed on stderr
+        (only on a terminal), with the running chunks' own ``report_progress``;
+        it needs ``pip install 'subproc-executor[progress]'``. A tqdm-compatible
+        class (or ``functools.partial(tqdm, file=...)``) may be passed instead.
+        The bar closes when map's iterator ends, raises or is dropped.
         """
-        return _map(
-            lambda chunk: self._submit(self._options, call_chunk, (fn, chunk), {}),
+        return map_chunks(
+            lambda options, chunk: self._submit(options, call_chunk, (fn, chunk), {}),
+            self._options,
+            fn,
             iterables,
             timeout,
             chunksize,
             buffersize,
+            progress,
         )
 
     def options(
@@ -243,6 +257,7 @@ class SubprocExecutor(Executor):
         timeout: float | _Unset | None = _UNSET,
         memory_limit: int | _Unset | None = _UNSET,
         cancel_running: bool | _Unset = _UNSET,
+        on_progress: Callable[[ProgressReport], object] | _Unset | None = _UNSET,
     ) -> JobOptionsExecutor:
         """An Executor sharing this pool whose jobs get these options (the
         others keep this executor's defaults). Hand it to any code that takes
@@ -255,6 +270,7 @@ class SubprocExecutor(Executor):
             base.timeout if isinstance(timeout, _Unset) else timeout,
             base.memory_limit if isinstance(memory_limit, _Unset) else memory_limit,
             base.cancel_running if isinstance(cancel_running, _Unset) else cancel_running,
+            base.on_progress if isinstance(on_progress, _Unset) else on_progress,
         )
         return JobOptionsExecutor(self, options)
 
@@ -296,15 +312,6 @@ class SubprocExecutor(Executor):
         self._core.shutdown(wait, cancel_futures)
 
 
-def _chunks(iterables: tuple[Iterable[Any], ...], chunksize: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
-    it = zip(*iterables, strict=False)  # map stops at the shortest, as builtin map does
-    while True:
-        chunk = tuple(itertools.islice(it, chunksize))
-        if not chunk:
-            return
-        yield chunk
-
-
 class JobOptionsExecutor(Executor):
     """``SubprocExecutor.options(...)``: the same pool, other per-job options.
 
@@ -326,12 +333,16 @@ class JobOptionsExecutor(Executor):
         self._futures: set[Future[Any]] = set()
 
     def _submit_tracked(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        options: JobOptions | None,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Future[Any]:
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            fut = self._executor._submit(self.job_options, fn, args, kwargs)
+            fut = self._executor._submit(options, fn, args, kwargs)
             self._futures.add(fut)
         fut.add_done_callback(self._forget)
         return fut
@@ -341,7 +352,7 @@ class JobOptionsExecutor(Executor):
             self._futures.discard(fut)
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        return self._submit_tracked(fn, args, kwargs)
+        return self._submit_tracked(self.job_options, fn, args, kwargs)
 
     def map(
         self,
@@ -350,13 +361,17 @@ class JobOptionsExecutor(Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        progress: object = False,
     ) -> Iterator[T]:
-        return _map(
-            lambda chunk: self._submit_tracked(call_chunk, (fn, chunk), {}),
+        return map_chunks(
+            lambda options, chunk: self._submit_tracked(options, call_chunk, (fn, chunk), {}),
+            self.job_options,
+            fn,
             iterables,
             timeout,
             chunksize,
             buffersize,
+            progress,
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -367,88 +382,3 @@ class JobOptionsExecutor(Executor):
             self._executor._core.cancel_queued(futures)
         if wait:
             wait_all(futures)
-
-
-def _map(
-    submit: Callable[[tuple[tuple[Any, ...], ...]], Future[list[Any]]],
-    iterables: tuple[Iterable[Any], ...],
-    timeout: float | None,
-    chunksize: int,
-    buffersize: int | None,
-) -> Iterator[Any]:
-    """``map`` over ``submit(chunk)``: every chunk submitted now, or, with
-    ``buffersize``, the first ``buffersize`` now and the rest as results are
-    consumed. Either way the submitting happens in this call, as the stdlib's
-    does, so ``timeout`` counts from here and a closed executor raises here."""
-    if chunksize < 1:
-        raise ValueError("chunksize must be >= 1.")
-    if buffersize is not None:
-        if isinstance(buffersize, bool) or not isinstance(buffersize, int):
-            raise TypeError("buffersize must be an integer or None")
-        if buffersize < 1:
-            raise ValueError("buffersize must be None or > 0")
-    end_time = None if timeout is None else timeout + time.monotonic()
-    chunks = _chunks(iterables, chunksize)
-    if buffersize is None:
-        futures = [submit(chunk) for chunk in chunks]
-        return _result_iterator(futures, end_time)
-    pending = deque(submit(chunk) for chunk in itertools.islice(chunks, buffersize))
-    return _buffered_results(submit, chunks, pending, end_time)
-
-
-def _chunk_result(fut: Future[list[T]], end_time: float | None) -> list[T]:
-    """A chunk's results, waiting at most until ``end_time`` (map's timeout)."""
-    if end_time is None:
-        return fut.result()
-    remaining = end_time - time.monotonic()
-    if remaining <= 0 and not fut.done():
-        raise FuturesTimeoutError()
-    return fut.result(max(0.0, remaining))
-
-
-def _buffered_results(
-    submit: Callable[[tuple[tuple[Any, ...], ...]], Future[list[T]]],
-    chunks: Iterator[tuple[tuple[Any, ...], ...]],
-    pending: deque[Future[list[T]]],
-    end_time: float | None,
-) -> Iterator[T]:
-    """``map`` with ``buffersize``: at most ``buffersize`` chunks submitted whose
-    results are not yet in hand. The next chunk is submitted once the oldest
-    one's result arrives, before its values are yielded (3.14 submits it
-    before waiting for the oldest: one more in flight, gh-131466)."""
-    try:
-        while pending:
-            fut = pending[0]
-            values = _chunk_result(fut, end_time)
-            pending.popleft()
-            del fut
-            for chunk in itertools.islice(chunks, 1):
-                pending.append(submit(chunk))
-            values.reverse()
-            while values:
-                yield values.pop()
-    finally:
-        for fut in pending:
-            fut.cancel()
-
-
-def _result_iterator(futures: list[Future[list[T]]], end_time: float | None) -> Iterator[T]:
-    """Yield results in order; cancel what is left if the consumer stops or a job fails.
-
-    Holds no reference to a result it has yielded (gh-14406): each chunk is
-    emptied as it is yielded, and its future is dropped before.
-    """
-    futures.reverse()  # pop() from the end is O(1)
-    try:
-        while futures:
-            fut = futures[-1]
-            chunk = _chunk_result(fut, end_time)
-            futures.pop()
-            del fut
-            chunk.reverse()
-            while chunk:
-                yield chunk.pop()
-            del chunk
-    finally:
-        for fut in futures:
-            fut.cancel()

@@ -126,6 +126,8 @@ class SidecarProcess:
         self._tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
         self._partial_line = b""
         self.hello: Hello | None = None
+        # WATCH_PROGRESS sent: a job that listens to its progress went to it.
+        self.progress_watched = False
         self._said_bye = False
         self._fatal = ""
         self._ended = threading.Event()

@@ -1,7 +1,8 @@
 """Turning what comes back for a job into a value or an exception, in the parent.
 
-A RESULT frame carries the outcome bytes a worker made (``messages.OutcomeTag``
-and a value, or an ``ErrorRecord`` describing the job's exception). A
+A RESULT frame carries the outcome bytes a worker made (the job's timing, a
+``messages.OutcomeTag`` and a value, or an ``ErrorRecord`` describing the
+job's exception). A
 JOB_ERROR frame carries the sidecar's ``messages.JobError``: a failure outside
 the job (a dead worker, a refused batch, a cancellation). Nothing here
 raises: every failure to decode becomes the exception the job's future gets.
@@ -32,6 +33,7 @@ from ..wire.messages import (
     decode_error_outcome,
     encode_error_outcome,
 )
+from ..wire.progress import OUTCOME_TIMING_SIZE
 from ..wire.protocol import ProtocolError
 from ..wire.record import Record
 from ..worker.pickling import Pickler
@@ -39,6 +41,8 @@ from ..worker.pickling import Pickler
 __all__ = ["Payload", "Value", "add_note", "claim", "decode_result", "job_error"]
 
 _SPILLED_TAG = bytes([OutcomeTag.SPILLED])
+# Where the OutcomeTag sits: after the job's timing (wire.progress).
+_TAG_AT = OUTCOME_TIMING_SIZE
 
 
 # A RESULT payload as the reader hands it on: the frame's bytes, or the
@@ -50,9 +54,9 @@ def claim(job_id: int, payload: bytes) -> Payload:
     """A RESULT payload with its outcome taken out of shared memory if it names
     a segment (mapped and unlinked here, whether or not the job still waits).
     Never raises: a segment that cannot be read becomes an outcome saying so."""
-    if payload[:1] != _SPILLED_TAG:
+    if payload[_TAG_AT : _TAG_AT + 1] != _SPILLED_TAG:
         return payload
-    name = bytes(payload[1:]).decode("ascii", "replace")
+    name = bytes(payload[_TAG_AT + 1 :]).decode("ascii", "replace")
     try:
         return shm.claim(name)
     except OSError as exc:
@@ -61,7 +65,7 @@ def claim(job_id: int, payload: bytes) -> Payload:
             f"{shm.SHM_DIR}/{name} holding it could not be read ({exc}). Something removed it, "
             "or /dev/shm is not shared with the workers; pass shm_threshold=None to use the pipes"
         )
-        return encode_error_outcome(
+        return payload[:_TAG_AT] + encode_error_outcome(
             OutcomeTag.ERROR,
             ErrorRecord(None, "subproc_executor.errors.RemoteError", message, "", "reading the result", None),
         )
@@ -79,12 +83,12 @@ def decode_result(job_id: int, payload: Payload, pickler: Pickler) -> Value | Ba
     An ``InitializerFailedError`` means the worker's initializer had raised;
     the caller breaks the executor, as the stdlib does.
     """
-    tag = payload[0] if payload else -1
+    tag = payload[_TAG_AT] if len(payload) > _TAG_AT else -1
     if tag == OutcomeTag.VALUE:
         try:
             # Views released on the way out: a traceback that keeps the
             # loader's frame must not keep the mapping exported (unclosable).
-            with memoryview(payload) as whole, whole[1:] as body:
+            with memoryview(payload) as whole, whole[_TAG_AT + 1 :] as body:
                 return Value(pickler.loads(body))  # type: ignore[arg-type]
         except BaseException as exc:  # even SystemExit from a __reduce__: it fails this job only
             err = BrokenSubprocExecutor(
@@ -96,7 +100,7 @@ def decode_result(job_id: int, payload: Payload, pickler: Pickler) -> Value | Ba
             )
             err.__cause__ = exc
             return err
-    payload = bytes(payload)  # not a value: small, or an error worth a copy
+    payload = bytes(payload[_TAG_AT:])  # not a value: small, or an error worth a copy
     if tag == OutcomeTag.ERROR:
         return rebuild_exception(payload, pickler)
     if tag == OutcomeTag.JOB_UNREADABLE:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     # Public dataclasses: loaded on first use, so importing the
     # executor does not load dataclasses (and inspect, ast, ...).
     from ..stats import SlowJobReport
+    from .progress import ProgressReport
 
 __all__ = [
     "BUILTIN_BACKENDS",
@@ -217,11 +218,17 @@ def _positive_seconds(name: str, value: object) -> float | None:
 
 class JobOptions(Record):
     """Per-job control (``job_timeout=``, ``memory_limit=``, ``cancel_running=``,
-    or ``executor.options(...)``), checked."""
+    ``on_progress=``, or ``executor.options(...)``), checked by ``make_options``."""
 
     timeout: float | None = None
     memory_limit: int | None = None
     cancel_running: bool = False
+    # Called on the reader thread with each ProgressReport of the job.
+    on_progress: Callable[[ProgressReport], object] | None = None
+    # The head of a SUBMIT_LIMITED payload (``LimitedJob.head``): the limits'
+    # JSON and a newline, made once per options, not once per job; None
+    # for a plain SUBMIT.
+    limits_head: bytes | None = None
 
     @property
     def limits(self) -> JobLimits | None:
@@ -230,25 +237,14 @@ class JobOptions(Record):
             return None
         return JobLimits(timeout=self.timeout, memory_limit=self.memory_limit)
 
-    def limits_line(self) -> bytes | None:
-        """The head of a SUBMIT_LIMITED payload (``LimitedJob``): the limits'
-        JSON and a newline, made once per options, not once per job."""
-        try:
-            return _LIMITS_LINES[self]
-        except KeyError:
-            limits = self.limits
-            line = None if limits is None else LimitedJob.head(limits)
-            if len(_LIMITS_LINES) < 256:
-                _LIMITS_LINES[self] = line
-            return line
-
-
-# {options: its SUBMIT_LIMITED head}: a JSON encode per options, not per job.
-_LIMITS_LINES: dict[JobOptions, bytes | None] = {}
-
 
 def make_options(
-    backend: str, spec: BackendSpec | None, timeout: object, memory_limit: object, cancel_running: object
+    backend: str,
+    spec: BackendSpec | None,
+    timeout: object,
+    memory_limit: object,
+    cancel_running: object,
+    on_progress: object = None,
 ) -> JobOptions:
     """Validate per-job options; refuse them for a built-in backend whose pool
     cannot lose one worker without breaking the others."""
@@ -272,11 +268,19 @@ def make_options(
         )
     if not isinstance(cancel_running, bool):
         raise TypeError(f"cancel_running must be True or False, got {cancel_running!r}")
+    if on_progress is not None and not callable(on_progress):
+        raise TypeError(
+            f"on_progress must be a callable taking a ProgressReport, or None; got {on_progress!r}"
+        )
     options = JobOptions(
         timeout=None if timeout is None else float(timeout),
         memory_limit=memory_limit,
         cancel_running=cancel_running,
+        on_progress=on_progress,
     )
+    limits = options.limits
+    if limits is not None:
+        options = options.replace(limits_head=LimitedJob.head(limits))
     if (options.limits is not None or cancel_running) and spec is not None and not spec.stops_one_job:
         asked = [
             name
@@ -318,7 +322,7 @@ class Settings(Record):
     sys_path: tuple[str, ...]
     # Payloads of at least this many bytes go through shared memory; None: never.
     shm_threshold: int | None = None
-    # Defaults for every job (job_timeout=, memory_limit=, cancel_running=).
+    # Defaults for every job (job_timeout=, memory_limit=, cancel_running=, on_progress=).
     options: JobOptions = JobOptions()
     # The backend's spec if built in (None: a third-party backend, which
     # declares stops_one_job itself, checked by the sidecar).
@@ -361,6 +365,7 @@ def make_settings(
     job_timeout: float | None = None,
     memory_limit: int | None = None,
     cancel_running: bool = False,
+    on_progress: Callable[[ProgressReport], object] | None = None,
 ) -> Settings:
     """Validate the constructor's arguments, with the stdlib's exception types
     where the stdlib checks the same thing. Imports no backend."""
@@ -383,7 +388,7 @@ def make_settings(
                 "supply a different mp_context."
             )
     start_method = check_backend(backend, start_method, max_tasks_per_child)
-    options = make_options(backend, spec, job_timeout, memory_limit, cancel_running)
+    options = make_options(backend, spec, job_timeout, memory_limit, cancel_running, on_progress)
     counts_batches = spec is None or spec.batches_count_as_tasks
     pickler_qualname = DEFAULT_PICKLER if pickler is None else pickler_name(pickler)
     the_pickler = resolve_pickler(pickler_qualname)

@@ -5,6 +5,7 @@
       table.enqueue, take_sendable            RESULT / JOB_ERROR: table.finish -> resolve future
       sidecar.send_many(SUBMIT...)            HELLO / WORKERS: remember the pool's pids
                                               STATUS: log, on_status
+                                              PROGRESS: on_progress of jobs in flight
     shutdown() / statistics() / control()     refill the window, send SHUTDOWN when CLOSING and empty
                                             on_lost(exit)
                                               in-flight jobs fail (SidecarDiedError);
@@ -64,21 +65,24 @@ from ..wire import shm
 from ..wire.messages import Hello, Init, JobErrorKind, Kill, Shutdown, Status, Workers
 from ..wire.protocol import Frame, MessageKind
 from ..wire.transport import PipeClosed
-from . import outcome
+from . import outcome, progress
 from .delivery import Deliverer
 from .jobtable import Job, JobTable
 from .launcher import SIDECAR_EXIT_GRACE_SECONDS, SidecarExit, SidecarProcess
 from .settings import JobOptions, Settings
 from .stoppable import StoppableFuture
+from .timings import Timings, summarize
 
 # typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, Final
 
     # Public dataclasses: loaded on first use, so importing the
     # executor does not load dataclasses (and inspect, ast, ...).
     from ..stats import ExecutorStatistics
+    from .progress import ProgressReport
 
 __all__ = ["ExecutorState", "Supervisor"]
 
@@ -116,6 +120,8 @@ class Supervisor:
         self.lock = threading.Lock()
         self.state = ExecutorState.RUNNING
         self.table = JobTable(settings.max_workers)
+        # Queue waits and run times of recent jobs, for statistics().
+        self.timings = Timings()
         self.sidecar: SidecarProcess | None = None
         # Set once the executor is CLOSED or BROKEN and its sidecar is gone.
         self.finished = threading.Event()
@@ -170,15 +176,18 @@ class Supervisor:
     def _queue_locked(sidecar: SidecarProcess, jobs: list[Job]) -> None:
         """Hand the jobs' frames to the writer (lock held; never blocks)."""
         if jobs:
+            frames = [
+                (MessageKind.SUBMIT, j.job_id, j.payload)
+                if j.limits is None
+                else (MessageKind.SUBMIT_LIMITED, j.job_id, j.limits + j.payload)
+                for j in jobs
+            ]
+            if not sidecar.progress_watched and any(j.on_progress is not None for j in jobs):
+                # Someone listens: have this sidecar forward reports at once.
+                sidecar.progress_watched = True
+                frames.insert(0, (MessageKind.WATCH_PROGRESS, 0, b""))
             try:
-                sidecar.writer.queue_many(
-                    [
-                        (MessageKind.SUBMIT, j.job_id, j.payload)
-                        if j.limits is None
-                        else (MessageKind.SUBMIT_LIMITED, j.job_id, j.limits + j.payload)
-                        for j in jobs
-                    ]
-                )
+                sidecar.writer.queue_many(frames)
             except PipeClosed:
                 pass  # the sidecar is gone: on_lost fails what was in flight
             # Drop the parent's copy of the bytes once handed to the writer,
@@ -223,6 +232,7 @@ class Supervisor:
         If no sidecar can be started, raises BrokenSubprocExecutor and queues
         nothing: a job its caller was told failed never runs later.
         """
+        submitted = time.monotonic()
         stoppable = options is not None and options.cancel_running
         fut: Future[Any] = StoppableFuture() if stoppable else Future()
         with self.lock:
@@ -242,8 +252,19 @@ class Supervisor:
             job_id = self.table.new_id()
             if isinstance(fut, StoppableFuture):
                 fut.bind(functools.partial(self.stop_job, job_id))
-            limits = options.limits_line() if options is not None else None
-            self.table.enqueue(Job(job_id, fut, payload, segment=segment, limits=limits))
+            if options is None:
+                job = Job(job_id, fut, payload, segment=segment, submitted=submitted)
+            else:
+                job = Job(
+                    job_id,
+                    fut,
+                    payload,
+                    segment=segment,
+                    limits=options.limits_head,
+                    submitted=submitted,
+                    on_progress=options.on_progress,
+                )
+            self.table.enqueue(job)
             sidecar = self.sidecar
             if sidecar is not None:
                 self._queue_locked(sidecar, self.table.take_sendable())
@@ -361,6 +382,7 @@ class Supervisor:
             self._stop_jobs_now()
         done: list[tuple[Job, Frame, outcome.Payload]] = []
         reports: list[Frame] = []
+        progress_calls: list[tuple[Callable[[ProgressReport], object], ProgressReport]] = []
         # Outcomes in shared memory are taken (mapped and unlinked) at once,
         # whether or not their job is still waiting: nothing else would.
         payloads = [
@@ -374,9 +396,13 @@ class Supervisor:
                     if job is not None:
                         if job.segment is not None:
                             job.segment.release()
+                        if f.kind is MessageKind.RESULT:
+                            self.timings.record(job.submitted, f.payload)
                         done.append((job, f, data))
                     else:
                         shm.close_mapping(data)  # nobody waits for it
+                elif f.kind is MessageKind.PROGRESS:
+                    progress_calls += progress.reports_for(f.payload, self.table.inflight)
                 elif f.kind is MessageKind.STATUS:
                     reports.append(f)
                 elif f.kind is MessageKind.WORKERS:
@@ -386,6 +412,9 @@ class Supervisor:
             self._refill_locked(sidecar)
         if sidecar is not None:
             self._flush(sidecar)
+        if progress_calls:
+            # Before any outcome of these frames: no report follows its job's end.
+            progress.deliver(progress_calls)
         for job, f, data in done:
             if _has_callbacks(job.future):
                 self._deliverer.submit(functools.partial(self._resolve, job, f.kind, data))
@@ -742,6 +771,9 @@ class Supervisor:
                 quiesced=self.quiesced,
                 sidecar_starts=self.sidecar_starts,
                 state=self.state.value,
+                queue_wait=summarize(self.timings.queue_waits),
+                run_time=summarize(self.timings.run_times),
+                jobs_per_worker=dict(self.timings.jobs_per_worker),
             )
 
     def control(self, kind: MessageKind) -> None:

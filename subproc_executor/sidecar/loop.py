@@ -6,6 +6,7 @@
     parent <--RESULT------------------------------- on_done (backend thread)
     parent <--JOB_ERROR/STATUS/WORKERS------------- main loop, via the writer's helper
     workers --start records (notify pipe)---------> main loop: which job runs where
+    parent <--PROGRESS----------------------------- main loop <--progress records (notify pipe)-- workers
 
 It never unpickles a user payload, so it needs none of the user's modules,
 and it forks workers only while no other thread of its own is alive.
@@ -67,6 +68,7 @@ from ..wire.messages import (
     Status,
     Workers,
 )
+from ..wire.progress import OUTCOME_TIMING_SIZE, progress_job_id
 from ..wire.protocol import Frame, FrameDecoder, MessageKind, ProtocolError
 from ..wire.transport import FrameWriter, read_frames
 from .backends import Backend, OnDone
@@ -104,8 +106,10 @@ _STATUS_TICK_SECONDS: Final = 0.25
 _SHARED_MONOTONIC: Final = sys.platform.startswith("linux")
 # Bytes asked for per read of the start-record pipe.
 _NOTIFY_READ_BYTES: Final = 65536
-# The first byte of an outcome held in shared memory (the segment's name follows).
+# The tag of an outcome held in shared memory (the segment's name follows),
+# and where it sits: after the job's timing.
 _SPILLED_TAG: Final = bytes([OutcomeTag.SPILLED])
+_TAG_AT: Final = OUTCOME_TIMING_SIZE
 # Why a job stopped on purpose fails (see limits): its worker's death is no crash.
 _KILL_KINDS: Final = frozenset({JobErrorKind.TIMEOUT, JobErrorKind.MEMORY, JobErrorKind.CANCELLED})
 # The length prefix multiprocessing.Connection puts before each message.
@@ -134,6 +138,8 @@ class SidecarLoop:
         self._scheduler = scheduler
         self._notify = notify_reader
         self._notify_buf = b""
+        # The parent wants progress records forwarded at once (WATCH_PROGRESS).
+        self._watch_progress = False
         # Worker pids seen in start records, to notice replacements.
         self._known_pids: set[int] = set()
         self._parent_pid = parent_pid
@@ -184,8 +190,8 @@ class SidecarLoop:
                 self._writer.try_send(MessageKind.RESULT, job_id, outcome, block=False)
             else:
                 logger.error("backend reported job %d, which is not in its batch %s", job_id, batch.job_ids)
-                if outcome[:1] == _SPILLED_TAG:  # no one else would remove its segment
-                    shm.sweep([outcome[1:].decode("ascii", "replace")])
+                if outcome[_TAG_AT : _TAG_AT + 1] == _SPILLED_TAG:  # no one else would remove its segment
+                    shm.sweep([outcome[_TAG_AT + 1 :].decode("ascii", "replace")])
         except BaseException:
             logger.exception("reporting job %d failed", job_id)
 
@@ -237,7 +243,10 @@ class SidecarLoop:
         # Jobs may have arrived with INIT, before the loop: hand them out first.
         self._dispatch()
         while True:
-            if self._notify is not None and self._scheduler.needs_start_records != watching_starts:
+            if (
+                self._notify is not None
+                and (self._scheduler.needs_start_records or self._watch_progress) != watching_starts
+            ):
                 watching_starts = not watching_starts
                 if watching_starts:
                     sel.register(self._notify.fileno(), selectors.EVENT_READ, "starts")
@@ -317,6 +326,8 @@ class SidecarLoop:
                     self._send_job_error(
                         frame.job_id, JobError(JobErrorKind.CANCELLED, f"job {frame.job_id} was cancelled")
                     )
+            elif kind is MessageKind.WATCH_PROGRESS:
+                self._watch_progress = True
             elif kind is MessageKind.QUIESCE:
                 self._quiesce_requested = True
             elif kind is MessageKind.WAKEUP:
@@ -447,6 +458,8 @@ class SidecarLoop:
         now = time.monotonic()
         pos = 0
         new_worker = False
+        # {job id: its latest progress record}: older ones of a job are stale.
+        progress: dict[int, bytes] = {}
         # Each record is a Connection message: 4-byte big-endian length, then the record.
         while len(buf) - pos >= 4:
             (n,) = _CONN_HEADER.unpack_from(buf, pos)
@@ -460,8 +473,16 @@ class SidecarLoop:
                 if pid not in self._known_pids:
                     self._known_pids.add(pid)
                     new_worker = True
+            else:
+                about = progress_job_id(buf, pos + 4)
+                if about is not None:
+                    progress[about] = buf[pos + 4 : pos + 4 + n]
             pos += 4 + n
         self._notify_buf = buf[pos:]
+        if progress:
+            # Forwarded before this turn's failures are judged: a report a job
+            # made before it crashed reaches the parent ahead of its JOB_ERROR.
+            self._writer.try_send(MessageKind.PROGRESS, 0, b"".join(progress.values()), block=False)
         if new_worker:
             # A worker replaced (max_tasks_per_child) or started on demand:
             # keep the parent's statistics current.

@@ -53,7 +53,7 @@ __all__ = [
 MAGIC: Final = b"SX"
 # Bump on any change to the header layout or to the meaning of a kind, and
 # update docs/protocol.md in the same commit.
-PROTOCOL_VERSION: Final = 4
+PROTOCOL_VERSION: Final = 5
 HEADER: Final = struct.Struct("<2sBBQQ")
 HEADER_SIZE: Final = HEADER.size  # 20 bytes
 # A sanity bound, not a size limit: 1 TiB is more than any payload that fits
@@ -117,6 +117,12 @@ class MessageKind(enum.IntEnum):
     # parent -> sidecar: stop job_id now, running or not: messages.Kill. The
     # sidecar kills the worker running it and fails it with the reason given.
     KILL = 15
+    # sidecar -> parent: what running jobs reported (``report_progress``): the
+    # records of wire.progress, one after another; job_id 0. Never touches a future.
+    PROGRESS = 16
+    # parent -> sidecar: forward progress records as soon as they come, not
+    # only on the loop's next turn (a wakeup per job start from now on).
+    WATCH_PROGRESS = 17
 
 
 # Wire value -> kind. A dict lookup, because calling the enum costs more than

@@ -5,8 +5,9 @@ place where user payloads are unpickled besides the parent. Each returns
 bytes and never raises: an exception escaping into the backend would be
 reported against a whole batch, or break the pool, instead of failing one job.
 
-Outcome bytes (opaque to the sidecar, decoded by ``parent.outcome``) are a
-``messages.OutcomeTag`` byte and then the pickled value, or an
+Outcome bytes (opaque to the sidecar, decoded by ``parent.outcome``) are an
+``OutcomeTiming`` (``wire.progress``: the job's start and end here, the
+worker's pid), a ``messages.OutcomeTag`` byte and then the pickled value, or an
 ``ErrorRecord``: the exception pickled by the user's pickler when possible,
 its ``args`` pickled apart, and plain strings that always survive. The parent
 loads the exception; if that fails (an ``__init__`` whose signature does not
@@ -37,6 +38,8 @@ from ..wire.messages import (
     StartRecord,
     encode_error_outcome,
 )
+from ..wire.progress import OUTCOME_TIMING_SIZE, pack_timing
+from . import progress
 from .pickling import DEFAULT_PICKLER, dump_into, resolve_pickler
 
 # typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
@@ -96,35 +99,50 @@ def _error_bytes(tag: OutcomeTag, pickler_name: str, exc: BaseException, stage: 
         return encode_error_outcome(tag, ErrorRecord(None, type_name, "<unprintable>", tb, stage, None))
 
 
-def run_one(pickler_name: str, payload: bytes, job_id: int = 0) -> bytes:
-    """Run one job; return its outcome bytes. Never raises."""
+def run_one(pickler_name: str, payload: bytes, job_id: int = 0, started: float = 0.0, pid: int = 0) -> bytes:
+    """Run one job; return its outcome bytes. Never raises.
+
+    ``started``: when the job was announced (``announce``'s return), else now;
+    ``pid``: this worker's, else looked up."""
+    if not started:
+        started = time.monotonic()
+    if not pid:
+        pid = os.getpid()
     if _init_failure is not None:
-        return _init_failure
+        return pack_timing(started, started, pid) + _init_failure
     try:
         pickler = resolve_pickler(pickler_name)
         job: Any = _load_job(pickler_name, payload)
         fn, args, kwargs = job
     except BaseException as exc:
-        return _error_bytes(OutcomeTag.JOB_UNREADABLE, pickler_name, exc, "unpickling the job in the worker")
+        head = pack_timing(started, time.monotonic(), pid)
+        return head + _error_bytes(
+            OutcomeTag.JOB_UNREADABLE, pickler_name, exc, "unpickling the job in the worker"
+        )
+    progress.begin(job_id, started)
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:
         # BaseException too: a job's SystemExit or KeyboardInterrupt fails the
         # job, not the worker (the stdlib would lose the worker and the pool).
-        return _spill(job_id, _error_bytes(OutcomeTag.ERROR, pickler_name, exc, "running the job"))
+        progress.end()
+        head = pack_timing(started, time.monotonic(), pid)
+        return _spill(job_id, head + _error_bytes(OutcomeTag.ERROR, pickler_name, exc, "running the job"))
+    progress.end()
+    head = pack_timing(started, time.monotonic(), pid)
     del job, fn, args, kwargs  # a big argument need not outlive the call
     try:
         if _shm_threshold is None:
-            return _VALUE_TAG + pickler.dumps(value)
-        prefix = f"{_shm_prefix}r{job_id}-{os.getpid()}-"
-        sink = dump_into(pickler, value, lambda: shm.Sink(_shm_threshold, prefix, _VALUE_TAG))
+            return head + _VALUE_TAG + pickler.dumps(value)
+        prefix = f"{_shm_prefix}r{job_id}-{pid}-"
+        sink = dump_into(pickler, value, lambda: shm.Sink(_shm_threshold, prefix, head + _VALUE_TAG))
         outcome, segment = sink.close()
     except BaseException as exc:
-        return _error_bytes(OutcomeTag.ERROR, pickler_name, exc, "pickling the result in the worker")
+        return head + _error_bytes(OutcomeTag.ERROR, pickler_name, exc, "pickling the result in the worker")
     if segment is None:
         return outcome
     segment.detach()  # the parent unlinks it once it has read it
-    return _SPILLED_TAG + segment.name.encode("ascii")
+    return head + _SPILLED_TAG + segment.name.encode("ascii")
 
 
 def _load_job(pickler_name: str, payload: bytes) -> object:
@@ -148,7 +166,8 @@ def _load_job(pickler_name: str, payload: bytes) -> object:
 
 
 def _spill(job_id: int, outcome: bytes) -> bytes:
-    """``outcome``, or a reference to a segment holding it if it is big."""
+    """``outcome`` (timing head included), or its head and a reference to a
+    segment holding it whole if it is big."""
     if _shm_threshold is None or len(outcome) < _shm_threshold:
         return outcome
     sink = shm.Sink(_shm_threshold, f"{_shm_prefix}r{job_id}-{os.getpid()}-")
@@ -157,16 +176,19 @@ def _spill(job_id: int, outcome: bytes) -> bytes:
     if segment is None:
         return data
     segment.detach()  # the parent unlinks it once it has read it
-    return _SPILLED_TAG + segment.name.encode("ascii")
+    return outcome[:OUTCOME_TIMING_SIZE] + _SPILLED_TAG + segment.name.encode("ascii")
 
 
-def announce(job_id: int, pid: int) -> None:
-    """Tell the sidecar this worker starts ``job_id`` now (a StartRecord). Never raises."""
+def announce(job_id: int, pid: int) -> float:
+    """Tell the sidecar this worker starts ``job_id`` now (a StartRecord);
+    returns the time it gave. Never raises."""
+    now = time.monotonic()
     if _notify is not None:
         try:
-            _notify.send_bytes(StartRecord(job_id, pid, time.monotonic()).encode())
+            _notify.send_bytes(StartRecord(job_id, pid, now).encode())
         except (OSError, ValueError):
             pass  # the sidecar is going away; the job still runs
+    return now
 
 
 def run_batch(pickler_name: str, job_ids: Sequence[int], payloads: Sequence[bytes]) -> list[bytes]:
@@ -174,8 +196,8 @@ def run_batch(pickler_name: str, job_ids: Sequence[int], payloads: Sequence[byte
     out = []
     pid = os.getpid()
     for job_id, payload in zip(job_ids, payloads, strict=True):
-        announce(job_id, pid)
-        out.append(run_one(pickler_name, payload, job_id))
+        started = announce(job_id, pid)
+        out.append(run_one(pickler_name, payload, job_id, started, pid))
     return out
 
 
@@ -200,6 +222,7 @@ def worker_init(
     """
     global _init_failure, _notify, _shm_threshold, _shm_prefix
     _notify = notify
+    progress.attach(notify, os.getpid())
     threshold, _, prefix = os.environ.pop(SHM_ENV, "").partition(":")
     if threshold.isdigit() and prefix:
         _shm_threshold, _shm_prefix = max(1, int(threshold)), prefix

@@ -74,8 +74,8 @@ def worker_main(
             return
         job_ids, payloads = pickle.loads(data)
         for job_id, payload in zip(job_ids, payloads, strict=True):
-            job.announce(job_id, pid)
-            outcome = job.run_one(pickler, payload, job_id)
+            started = job.announce(job_id, pid)
+            outcome = job.run_one(pickler, payload, job_id, started, pid)
             try:
                 result_conn.send_bytes(OUTCOME_ID.pack(job_id) + outcome)
             except OSError:
