@@ -25,6 +25,7 @@ from benchmarks import (
     idlemem,
     jobcontrol,
     latency,
+    queuewait,
     throughput,
 )
 from benchmarks._core import GIB, PROFILES, Family
@@ -50,6 +51,7 @@ FAMILIES: dict[str, Family] = {
         crash.FAMILY,
         idlemem.FAMILY,
         jobcontrol.FAMILY,
+        queuewait.FAMILY,
     )
 }
 

@@ -62,6 +62,11 @@ class Profile:
     timeout_scale: float
     # Jobs stopped by their time limit in the job-timeouts family.
     timeout_trials: int = 20
+    # Queue-wait family: jobs kept in flight, as multiples of the worker count,
+    # and jobs timed per load level (one repeat: a p99 wants every sample in
+    # one distribution rather than a median of small-sample p99s).
+    queue_wait_loads: tuple[int, ...] = (1, 2, 4, 8)
+    queue_wait_jobs: int = 300
 
 
 PROFILES: Final[Mapping[str, Profile]] = {
@@ -84,6 +89,8 @@ PROFILES: Final[Mapping[str, Profile]] = {
         crash_wait_seconds=20.0,
         timeout_scale=1.0,
         timeout_trials=3,
+        queue_wait_loads=(1, 4),
+        queue_wait_jobs=20,
     ),
     # The default: about two minutes on a 2-core machine.
     "quick": Profile(
@@ -123,6 +130,7 @@ PROFILES: Final[Mapping[str, Profile]] = {
         crash_wait_seconds=60.0,
         timeout_scale=4.0,
         timeout_trials=100,
+        queue_wait_jobs=2000,
     ),
 }
 

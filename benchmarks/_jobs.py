@@ -49,3 +49,14 @@ def note_start_then_sleep(path: str, seconds: float) -> float:
     os.replace(tmp, path)
     time.sleep(seconds)
     return start
+
+
+def start_then_sleep(seconds: float) -> float:
+    """Return when the job started (``time.monotonic()``, system-wide on Linux)
+    after sleeping ``seconds``: a job of known length, which the parent times
+    against its own clock reading just before submit to get the queue wait.
+    It sleeps rather than spins so the workers leave the CPU to the parent and
+    the sidecar, whose dispatching is what the wait measures."""
+    start = time.monotonic()
+    time.sleep(seconds)
+    return start

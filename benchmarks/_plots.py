@@ -1,4 +1,4 @@
-"""PNG plots of a run: latency, throughput, bandwidth by size and the big-parent curve.
+"""PNG plots of a run: latency, throughput, bandwidth by size, the big-parent curve, queue wait.
 
 Matplotlib is optional (the ``bench`` extra): without it the plots are skipped
 with a warning and the table and JSON are still written. The Agg backend is
@@ -10,6 +10,7 @@ out and named in the subtitle.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,13 @@ def write_plots(results: Mapping[str, Any], out: Path) -> list[Path]:
         f"Python {meta['python']}, {meta['usable_cores']} cores, {meta['workers']} workers, {meta['date']}"
     )
     written: list[Path] = []
-    plots = (("latency", _bars), ("throughput", _bars), ("bandwidth-sweep", _sweep), ("big-parent", _curve))
+    plots = (
+        ("latency", _bars),
+        ("throughput", _bars),
+        ("bandwidth-sweep", _sweep),
+        ("big-parent", _curve),
+        ("queue-wait", _queue_wait),
+    )
     for family, plot in plots:
         if family not in measurements:
             continue
@@ -125,3 +132,58 @@ def _sweep(plt: Any, family: Mapping[str, Any], caption: str) -> Any:
     ax.set_title(f"bandwidth by payload size\n{_subtitle(caption, missing)}", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# The queue-wait family's metric keys: ``p95_ms_4x`` is the 95th percentile at 4x load.
+_QUEUE_WAIT_KEY = re.compile(r"p(\d+)_ms_(\d+)x")
+
+
+def _queue_wait(plt: Any, family: Mapping[str, Any], caption: str) -> Any:
+    """One panel per percentile, wait against load, one line per contender; log scales,
+    since the wait at 1x is a fraction of a millisecond and grows with the queue."""
+    names, missing = _measured(family)
+    if not names:
+        return None
+    # percentile -> [(load, key)], in the order the family lists them.
+    panels: dict[int, list[tuple[int, str]]] = {}
+    for metric in family["metrics"]:
+        match = _QUEUE_WAIT_KEY.fullmatch(metric["key"])
+        if match:
+            panels.setdefault(int(match[1]), []).append((int(match[2]), metric["key"]))
+    if not panels:
+        return None
+    job_ms = _job_ms(family)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.6), sharey=True, squeeze=False)
+    for ax, (pct, loads) in zip(axes[0], panels.items(), strict=True):
+        for i, name in enumerate(names):
+            values = family["cells"][name]["values"]
+            points = [(load, values[key]) for load, key in loads if key in values]
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=f"C{i}", label=name)
+        queued = [load for load, _ in loads if load > 1]
+        if job_ms and queued:
+            ideal = [(load - 1) * job_ms for load in queued]
+            ax.plot(queued, ideal, "k--", linewidth=1, label="no-overhead pool")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks([load for load, _ in loads], [f"{load}x" for load, _ in loads])
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel("jobs in flight (x workers)")
+        ax.set_title(f"p{pct}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("submit -> job starts (ms)")
+    # Beside the panels, not over the lines of one of them.
+    fig.legend(
+        *axes[0][0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7
+    )
+    fig.suptitle(f"queue wait under load\n{_subtitle(caption, missing)}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _job_ms(family: Mapping[str, Any]) -> float | None:
+    """The jobs' own length, from the first trial that recorded it: the reference line needs it."""
+    for cell in family["cells"].values():
+        for extra in cell["extra"]:
+            if isinstance(extra, Mapping) and extra.get("job_ms"):
+                return float(extra["job_ms"])
+    return None
