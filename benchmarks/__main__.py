@@ -9,6 +9,7 @@ the one behind published numbers. See ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -32,6 +33,7 @@ from benchmarks._core import GIB, PROFILES, Family
 from benchmarks._env import REPO_ROOT, machine_info, mem_available
 from benchmarks._harness import RunConfig, run_all
 from benchmarks._plots import write_plots
+from benchmarks._progress import family_bar
 from benchmarks._report import format_meta, format_tables
 from benchmarks.contenders import BASELINE, CONTENDERS
 
@@ -141,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         available / GIB,
     )
     with tempfile.TemporaryDirectory(prefix="subproc-bench-") as workdir:
-        config = RunConfig(profile, families, contenders, args.workers, available, Path(workdir))
+        # A bar per family on stderr when it is a terminal; --quiet means no progress at all.
+        bars = functools.partial(family_bar, disable=True) if args.quiet else family_bar
+        config = RunConfig(profile, families, contenders, args.workers, available, Path(workdir), bars)
         results = run_all(config, meta)
     report = f"{format_meta(results)}\n\n{format_tables(results)}"
     print(report)

@@ -2,7 +2,8 @@
 
 Families run one after another and, within a family, contenders one after
 another, the baseline first: on a small machine two measurements at once
-would measure each other. A cell's value per metric is the median over all
+would measure each other. Each family gets a progress bar of its trials
+(``_progress``), drawn only on a terminal. A cell's value per metric is the median over all
 its repeats; a flag is "yes" only if every repeat said yes. Ratios are
 value / baseline value for speed metrics, computed once the family is done.
 
@@ -21,11 +22,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks._core import Family, Metric, Plan, Profile, Repeat, TrialSpec, median
+from benchmarks._progress import BarFactory, family_bar
 from benchmarks._runner import run_child
 from benchmarks.contenders import BASELINE, Contender
 
@@ -45,6 +47,8 @@ class RunConfig:
     mem_available: int
     # Scratch space for the children's result files and output.
     workdir: Path
+    # Opens each family's progress bar; ``--quiet`` and the tests pass their own.
+    progress: BarFactory = family_bar
 
 
 @dataclass
@@ -96,29 +100,33 @@ def run_all(config: RunConfig, meta: dict[str, object]) -> dict[str, object]:
         cells: dict[str, Cell] = {}
         for reason in plan.skipped.values():
             logger.info("%s: %s", family.name, reason)
-        for contender in config.contenders:
-            done += 1
-            if interrupted:
-                cells[contender.name] = Cell("skipped", "interrupted")
-                continue
-            try:
-                cell = _run_cell(config, family, metrics, plan, contender)
-            except KeyboardInterrupt:
-                logger.warning("interrupted: the running child was killed; writing partial results")
-                interrupted = True
-                cells[contender.name] = Cell("skipped", "interrupted")
-                continue
-            cells[contender.name] = cell
-            logger.info(
-                "[%d/%d] %-12s %-18s %-8s %5.1f s%s",
-                done,
-                total,
-                family.name,
-                contender.name,
-                cell.status,
-                cell.wall_s,
-                f"  {cell.error}" if cell.error else "",
-            )
+        # One step per trial run; cells skipped or interrupted add none, so
+        # such a bar ends short of its total, as the family did.
+        with config.progress(family.name, len(plan.trials) * len(config.contenders)) as bar:
+            for contender in config.contenders:
+                done += 1
+                if interrupted:
+                    cells[contender.name] = Cell("skipped", "interrupted")
+                    continue
+                bar.set_postfix_str(contender.name)
+                try:
+                    cell = _run_cell(config, family, metrics, plan, contender, bar.update)
+                except KeyboardInterrupt:
+                    logger.warning("interrupted: the running child was killed; writing partial results")
+                    interrupted = True
+                    cells[contender.name] = Cell("skipped", "interrupted")
+                    continue
+                cells[contender.name] = cell
+                logger.info(
+                    "[%d/%d] %-12s %-18s %-8s %5.1f s%s",
+                    done,
+                    total,
+                    family.name,
+                    contender.name,
+                    cell.status,
+                    cell.wall_s,
+                    f"  {cell.error}" if cell.error else "",
+                )
         _add_ratios(cells, metrics)
         measurements[family.name] = {
             "title": family.title,
@@ -132,9 +140,15 @@ def run_all(config: RunConfig, meta: dict[str, object]) -> dict[str, object]:
 
 
 def _run_cell(
-    config: RunConfig, family: Family, metrics: Sequence[Metric], plan: Plan, contender: Contender
+    config: RunConfig,
+    family: Family,
+    metrics: Sequence[Metric],
+    plan: Plan,
+    contender: Contender,
+    on_trial: Callable[[], object],
 ) -> Cell:
-    """Run every trial of one cell and summarise. Raises only KeyboardInterrupt."""
+    """Run every trial of one cell and summarise, calling ``on_trial`` after each
+    (the progress bar). Raises only KeyboardInterrupt."""
     if not plan.trials:
         return Cell("skipped", "; ".join(plan.skipped.values()) or "nothing to run")
     repeats: list[Repeat] = []
@@ -152,6 +166,7 @@ def _run_cell(
             tag=f"{family.name}.{contender.name}.{index}",
         )
         wall_s += outcome.wall_s
+        on_trial()
         failure = outcome.failure(timeout_s)
         if failure is None and outcome.result is not None:
             repeats.extend(outcome.result["repeats"])
