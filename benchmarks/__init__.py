@@ -17,8 +17,10 @@ Module map:
 - ``contenders``: the executors being compared.
 - ``_jobs``: the functions jobs run; importable, so spawn workers find them.
 - one module per measurement family: ``coldstart``, ``latency``,
-  ``throughput``, ``bandwidth``, ``bigparent``, ``crash``, ``idlemem``.
+  ``throughput``, ``bandwidth``, ``bandsweep``, ``bigparent``, ``crash``,
+  ``idlemem``, ``jobcontrol``, ``queuewait``.
 - ``_report``, ``_plots``, ``_env``: table, PNGs, machine description.
+- ``_progress``: a progress bar per family on stderr (tqdm, optional).
 
 This package is deliberately light at import: the children import it before
 they time anything.
