@@ -66,7 +66,7 @@ class Profile:
     # and jobs timed per load level (one repeat: a p99 wants every sample in
     # one distribution rather than a median of small-sample p99s).
     queue_wait_loads: tuple[int, ...] = (1, 2, 4, 8)
-    queue_wait_jobs: int = 300
+    queue_wait_jobs: int = 200
 
 
 PROFILES: Final[Mapping[str, Profile]] = {
