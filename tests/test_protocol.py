@@ -88,7 +88,7 @@ def test_header_layout_is_pinned() -> None:
     # PROTOCOL_VERSION and docs/protocol.md, in the same commit.
     assert HEADER_SIZE == 20
     assert MAGIC == b"SX"
-    assert PROTOCOL_VERSION == 4
+    assert PROTOCOL_VERSION == 5
     header = encode_header(MessageKind.RESULT, 0x0102030405060708, 0x1112131415161718)
     assert header == (
         b"SX"  # magic
@@ -117,6 +117,8 @@ def test_message_kind_values_are_pinned() -> None:
         "FATAL": 13,
         "SUBMIT_LIMITED": 14,
         "KILL": 15,
+        "PROGRESS": 16,
+        "WATCH_PROGRESS": 17,
     }
 
 
@@ -144,7 +146,7 @@ def test_encode_header_accepts_plain_ints(kind: MessageKind, job_id: int, length
         (MessageKind.SUBMIT, 0, -1, ValueError),
         (MessageKind.SUBMIT, 0, 2**64, ValueError),
         (0, 0, 0, ValueError),
-        (16, 0, 0, ValueError),
+        (18, 0, 0, ValueError),
         (255, 0, 0, ValueError),
         (-1, 0, 0, ValueError),
         (MessageKind.SUBMIT, 1.0, 0, TypeError),
@@ -362,7 +364,7 @@ def test_bad_header_raises_as_soon_as_it_is_complete(
         ),
         (
             header_bytes(version=1),
-            "protocol version 1, expected 4: parent and sidecar come from different "
+            "protocol version 1, expected 5: parent and sidecar come from different "
             "subproc_executor versions",
         ),
         (header_bytes(kind=0), "unknown message kind 0"),
