@@ -92,7 +92,7 @@ def test_header_layout_is_pinned() -> None:
     header = encode_header(MessageKind.RESULT, 0x0102030405060708, 0x1112131415161718)
     assert header == (
         b"SX"  # magic
-        + bytes([4])  # version
+        + bytes([5])  # version
         + bytes([4])  # kind: RESULT
         + bytes.fromhex("0807060504030201")  # job_id, little-endian
         + bytes.fromhex("1817161514131211")  # length, little-endian
