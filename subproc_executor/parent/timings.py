@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from ..wire.progress import OUTCOME_TIMING_SIZE, OutcomeTiming
+from ..wire.progress import OUTCOME_TIMING_SIZE, unpack_timing
 
 # typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
 TYPE_CHECKING = False
@@ -44,18 +44,22 @@ class Timings:
         submitted at ``submitted`` (``time.monotonic()``)."""
         if len(outcome) < OUTCOME_TIMING_SIZE:
             return
-        started, ended, pid = OutcomeTiming.decode(outcome)
-        self.queue_waits.append(max(0.0, started - submitted))
-        self.run_times.append(max(0.0, ended - started))
+        started, ended, pid = unpack_timing(outcome)
+        self.queue_waits.append(started - submitted)
+        self.run_times.append(ended - started)
         counts = self.jobs_per_worker
-        counts[pid] = counts.get(pid, 0) + 1
+        if pid in counts:
+            counts[pid] += 1
+        else:
+            counts[pid] = 1
 
 
 def summarize(values: deque[float]) -> TimingSummary:
     """p50 / p95 / p99 / max of ``values`` (nearest rank); zeros when empty."""
     from ..stats import TimingSummary
 
-    ordered = sorted(values)
+    # Clamped here, not per job: a clock read on another CPU may be a hair behind.
+    ordered = sorted(max(0.0, v) for v in values)
     n = len(ordered)
     if not n:
         return TimingSummary(count=0, p50=0.0, p95=0.0, p99=0.0, max=0.0)
