@@ -53,8 +53,9 @@ class ExecutorStatistics:
         queue_wait: submit -> start in a worker, over recent jobs that ran
             (the parent's queue, the pipes and the sidecar's queue).
         run_time: start in a worker -> the job's call returned or raised.
-        jobs_per_worker: {worker pid: jobs it ran}, every worker since the
-            executor started (replaced ones included).
+        jobs_per_worker: ``(pid, jobs it ran)`` pairs, oldest worker first
+            (``dict(...)`` of it maps pid to count): every worker since the
+            executor started, replaced ones included (the last 1,024).
     """
 
     submitted: int
@@ -70,7 +71,7 @@ class ExecutorStatistics:
     state: str
     queue_wait: TimingSummary
     run_time: TimingSummary
-    jobs_per_worker: dict[int, int]
+    jobs_per_worker: tuple[tuple[int, int], ...]
 
     @property
     def sidecar_restarts(self) -> int:

@@ -276,7 +276,8 @@ LAYERS: dict[str, Layer] = {
     "sidecar": _layer(never_external=_NO_LOKY, why="the folder: code that runs in the sidecar"),
     "sidecar.__main__": _layer("sidecar.main", _NO_LOKY, why="python -m subproc_executor.sidecar"),
     "sidecar.main": _layer(
-        "wire.messages wire.protocol wire.shm wire.transport sidecar.backends sidecar.loop sidecar.scheduler",
+        "wire.fdtools wire.messages wire.protocol wire.shm wire.transport sidecar.backends sidecar.loop "
+        "sidecar.scheduler",
         _NO_LOKY,
         why="start-up: reads INIT, builds the backend, says HELLO",
     ),

@@ -44,10 +44,11 @@ _REFRESH_SECONDS: Final = 0.1
 class MapBar:
     """One ``map`` call's progress bar."""
 
-    def __init__(self, bar: Any, total: int | None) -> None:
+    def __init__(self, bar: Any) -> None:
         self._bar = bar
-        self._total = total
-        self._lock = threading.Lock()
+        # Reentrant: close() may run from a finalizer (the garbage collector)
+        # on a thread that is inside another method already.
+        self._lock = threading.RLock()
         self._items: dict[Future[Any], int] = {}  # running chunks: their item counts
         self._reports: dict[Future[Any], ProgressReport] = {}  # their latest reports
         self._all_submitted = False
@@ -75,7 +76,7 @@ class MapBar:
                 f"progress must be True, False or a tqdm-compatible class (a callable taking total=, "
                 f"unit=, desc=), got {progress!r}"
             )
-        return cls(bar, total)
+        return cls(bar)
 
     def track(self, future: Future[Any], items: int) -> None:
         """A chunk of ``items`` was submitted as ``future``."""
@@ -144,13 +145,24 @@ class MapBar:
                 logger.exception("updating the progress bar of a map failed")
 
     def close(self) -> None:
-        """Close the bar once (any thread, any number of times)."""
+        """Close the bar once (any thread, any number of times). Counts the
+        chunks that are done but whose callbacks have not run yet: a result's
+        waiter wakes before its future's callbacks run, so the consumer may
+        finish (and close) first."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             shown, self._reports = bool(self._reports), {}
             try:
+                finished = sum(
+                    items
+                    for future, items in self._items.items()
+                    if future.done() and not future.cancelled() and future.exception() is None
+                )
+                self._items.clear()
+                if finished:
+                    self._bar.update(finished)
                 if shown and hasattr(self._bar, "set_postfix_str"):
                     self._bar.set_postfix_str("", refresh=False)
                 self._bar.close()

@@ -4,8 +4,9 @@ the jobs that listen (``on_progress``, ``map(..., progress=True)``).
     reader thread: PROGRESS frame
       supervisor (lock held): reports_for(payload, inflight jobs)
         a report for each record whose job is still in flight and has a listener
-      (lock released) deliver(): each listener, in order; before any future of
-        the same frames is resolved, so no report follows its job's outcome
+      (lock released) the Deliverer's queue: deliver(), each listener in order,
+        queued before the outcomes of the same frames; a job with a listener has
+        its outcome delivered through the same queue, so none follows its end
 
 A report about a job that has ended is dropped: reports travel through the
 sidecar's main loop and outcomes through the backend's threads, so the last
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
         future: Future[Any]
         on_progress: Callable[[ProgressReport], object] | None
 
+
 __all__ = ["ProgressReport", "deliver", "reports_for"]
 
 logger = logging.getLogger("subproc_executor")
@@ -42,7 +44,8 @@ class ProgressReport(Record):
     """What a running job said with ``report_progress``, as ``on_progress`` gets it.
 
     Attributes:
-        future: the job's future (still running when the report is delivered).
+        future: the job's future (running when the report was delivered; a
+            cancel on another thread may end it while the listener runs).
         job_id: the job's id, as in error messages.
         pid: the worker running it.
         done, total: the numbers the job passed (``total`` None if it gave none).
@@ -98,13 +101,14 @@ def reports_for(
 
 
 def deliver(calls: list[tuple[Callable[[ProgressReport], object], ProgressReport]]) -> None:
-    """Call each listener; one that raises is logged and changes nothing else."""
+    """Call each listener (on a delivery thread); one that raises is logged
+    and changes nothing else."""
     for listener, report in calls:
         if report.future.done():
-            continue  # cancelled meanwhile (cancel_running)
+            continue  # cancelled meanwhile (cancel_running), or resolved by another delivery thread
         try:
             listener(report)
-        except Exception:
+        except BaseException:  # even SystemExit: a listener must not take a delivery thread down
             logger.exception(
                 "the on_progress callback raised for job %d (worker pid %d); the job goes on",
                 report.job_id,

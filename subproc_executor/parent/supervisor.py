@@ -182,10 +182,6 @@ class Supervisor:
                 else (MessageKind.SUBMIT_LIMITED, j.job_id, j.limits + j.payload)
                 for j in jobs
             ]
-            if not sidecar.progress_watched and any(j.on_progress is not None for j in jobs):
-                # Someone listens: have this sidecar forward reports at once.
-                sidecar.progress_watched = True
-                frames.insert(0, (MessageKind.WATCH_PROGRESS, 0, b""))
             try:
                 sidecar.writer.queue_many(frames)
             except PipeClosed:
@@ -196,6 +192,16 @@ class Supervisor:
             if sidecar.hello is not None:
                 for j in jobs:
                     j.payload = b""
+
+    @staticmethod
+    def _watch_progress_locked(sidecar: SidecarProcess) -> None:
+        """A job whose progress someone listens to goes to this sidecar: have it
+        forward reports at once, not only on its loop's next turn. Once per sidecar."""
+        sidecar.progress_watched = True
+        try:
+            sidecar.writer.queue_many([(MessageKind.WATCH_PROGRESS, 0, b"")])
+        except PipeClosed:
+            pass
 
     @staticmethod
     def _flush(sidecar: SidecarProcess) -> None:
@@ -266,6 +272,8 @@ class Supervisor:
                 )
             self.table.enqueue(job)
             sidecar = self.sidecar
+            if sidecar is not None and job.on_progress is not None and not sidecar.progress_watched:
+                self._watch_progress_locked(sidecar)
             if sidecar is not None:
                 self._queue_locked(sidecar, self.table.take_sendable())
         if sidecar is not None:
@@ -413,10 +421,12 @@ class Supervisor:
         if sidecar is not None:
             self._flush(sidecar)
         if progress_calls:
-            # Before any outcome of these frames: no report follows its job's end.
-            progress.deliver(progress_calls)
+            # Listeners are user code: never on this thread (see delivery). Queued
+            # before the outcomes of these frames, and the outcomes of jobs that
+            # have listeners go the same way, so no report follows its job's end.
+            self._deliverer.submit(functools.partial(progress.deliver, progress_calls))
         for job, f, data in done:
-            if _has_callbacks(job.future):
+            if job.on_progress is not None or _has_callbacks(job.future):
                 self._deliverer.submit(functools.partial(self._resolve, job, f.kind, data))
             else:
                 self._resolve(job, f.kind, data)
@@ -759,22 +769,33 @@ class Supervisor:
         with self.lock:
             t = self.table
             live = t.queued_live()
-            return ExecutorStatistics(
-                submitted=t.submitted,
-                queued=live,
-                running=len(t.inflight),
-                done=t.done,
-                failed=t.failed,
-                cancelled=t.cancelled + len(t.queued) - live,
-                sidecar_pid=self.sidecar.pid if self.sidecar is not None else None,
-                worker_pids=self.worker_pids,
-                quiesced=self.quiesced,
-                sidecar_starts=self.sidecar_starts,
-                state=self.state.value,
-                queue_wait=summarize(self.timings.queue_waits),
-                run_time=summarize(self.timings.run_times),
-                jobs_per_worker=dict(self.timings.jobs_per_worker),
+            waits, runs, per_worker = self.timings.snapshot()
+            submitted, running, done, failed = t.submitted, len(t.inflight), t.done, t.failed
+            cancelled = t.cancelled + len(t.queued) - live
+            sidecar_pid = self.sidecar.pid if self.sidecar is not None else None
+            worker_pids, quiesced, starts, state = (
+                self.worker_pids,
+                self.quiesced,
+                self.sidecar_starts,
+                self.state.value,
             )
+        # Sorted outside the lock: submits and results need not wait for it.
+        return ExecutorStatistics(
+            submitted=submitted,
+            queued=live,
+            running=running,
+            done=done,
+            failed=failed,
+            cancelled=cancelled,
+            sidecar_pid=sidecar_pid,
+            worker_pids=worker_pids,
+            quiesced=quiesced,
+            sidecar_starts=starts,
+            state=state,
+            queue_wait=summarize(waits),
+            run_time=summarize(runs),
+            jobs_per_worker=per_worker,
+        )
 
     def control(self, kind: MessageKind) -> None:
         """Send QUIESCE or WAKEUP to the sidecar (starting one for WAKEUP)."""

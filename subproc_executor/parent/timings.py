@@ -19,15 +19,18 @@ from ..wire.progress import OUTCOME_TIMING_SIZE, unpack_timing
 # typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Final
 
     from ..stats import TimingSummary
 
-__all__ = ["WINDOW", "Timings", "summarize"]
+__all__ = ["MAX_WORKERS_COUNTED", "WINDOW", "Timings", "summarize"]
 
 # Jobs the percentiles are taken over: recent enough to follow a change of
 # load, enough for a p99 to mean something.
 WINDOW: Final = 10_000
+# Workers whose job counts are kept: the newest ones (the oldest forgotten).
+MAX_WORKERS_COUNTED: Final = 1024
 
 
 class Timings:
@@ -36,7 +39,8 @@ class Timings:
     def __init__(self) -> None:
         self.queue_waits: deque[float] = deque(maxlen=WINDOW)
         self.run_times: deque[float] = deque(maxlen=WINDOW)
-        # {worker pid: jobs it returned an outcome for}, since the executor started.
+        # {worker pid: jobs it returned an outcome for}, since the executor
+        # started, for the last MAX_WORKERS_COUNTED workers seen.
         self.jobs_per_worker: dict[int, int] = {}
 
     def record(self, submitted: float, outcome: bytes) -> None:
@@ -51,10 +55,16 @@ class Timings:
         if pid in counts:
             counts[pid] += 1
         else:
+            if len(counts) >= MAX_WORKERS_COUNTED:  # workers replaced without end (max_tasks_per_child)
+                del counts[next(iter(counts))]
             counts[pid] = 1
 
+    def snapshot(self) -> tuple[list[float], list[float], tuple[tuple[int, int], ...]]:
+        """Copies to summarize outside the lock: waits, run times, (pid, jobs) pairs."""
+        return list(self.queue_waits), list(self.run_times), tuple(self.jobs_per_worker.items())
 
-def summarize(values: deque[float]) -> TimingSummary:
+
+def summarize(values: Iterable[float]) -> TimingSummary:
     """p50 / p95 / p99 / max of ``values`` (nearest rank); zeros when empty."""
     from ..stats import TimingSummary
 

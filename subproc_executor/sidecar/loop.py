@@ -439,7 +439,8 @@ class SidecarLoop:
             self._replace_pool()
 
     def _read_start_records(self) -> None:
-        """Drain the workers' job-start announcements (non-blocking)."""
+        """Drain the notify pipe (non-blocking): the workers' job-start
+        announcements, and their progress records, forwarded to the parent."""
         if self._notify is None:
             return
         fd = self._notify.fileno()
@@ -490,6 +491,10 @@ class SidecarLoop:
 
     def _handle_failures(self) -> None:
         """Judge failed batches (see scheduler); reset a broken pool once."""
+        if self._failures:
+            # A failure queued since this turn read the notify pipe: the dead
+            # worker's start record and last progress report come first.
+            self._read_start_records()
         while True:
             with self._failures_lock:
                 if not self._failures:

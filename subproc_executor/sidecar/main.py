@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from ..wire import shm
+from ..wire.fdtools import grow_pipe
 from ..wire.messages import SHM_ENV, SIDECAR_PID_ENV, Fatal, Hello, Init
 from ..wire.protocol import Frame, FrameDecoder, MessageKind, ProtocolError
 from ..wire.transport import FrameWriter, read_frames
@@ -107,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         multiprocessing.current_process().authkey = s.authkey
         notify_reader, notify_writer = multiprocessing.Pipe(duplex=False)
         os.set_blocking(notify_reader.fileno(), False)
+        # Room for what workers write between two reads of the loop (at least
+        # twice a second): start records, and progress records when nobody
+        # asked the loop to wake for them.
+        grow_pipe(notify_reader.fileno())
         config = BackendConfig(
             max_workers=s.max_workers,
             start_method=s.start_method,

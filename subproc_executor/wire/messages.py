@@ -22,8 +22,9 @@ that no process module has to import another's code to read them:
   at time T", a fixed 20-byte struct (far below PIPE_BUF, so concurrent
   workers' writes never interleave).
 * Outcome bytes: what a worker makes of a job and the parent decodes (the
-  sidecar only forwards them): a tag byte (``OutcomeTag``) followed by the
-  pickled value, or by a pickled ``ErrorRecord``.
+  sidecar only forwards them): the job's timing (``wire.progress.OutcomeTiming``,
+  20 bytes), a tag byte (``OutcomeTag``), then the pickled value, or a
+  pickled ``ErrorRecord``.
 
 ``docs/protocol.md`` documents every schema.
 """
@@ -472,7 +473,7 @@ class StartRecord(_StartFields):
 
 
 class OutcomeTag(enum.IntEnum):
-    """First byte of a job's outcome bytes."""
+    """The byte of a job's outcome bytes after their timing head (``wire.progress``)."""
 
     VALUE = 0  # then pickler.dumps(value)
     ERROR = 1  # then an ErrorRecord: the job (or decoding it) raised

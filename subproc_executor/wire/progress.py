@@ -7,8 +7,8 @@
 A progress record is one ``multiprocessing.Connection`` message on the
 workers' notify pipe, next to the 20-byte start records: a fixed head of
 ``PROGRESS_HEAD_SIZE`` bytes (never 20, so the two never mix) and the message
-in UTF-8. A whole record stays far under ``PIPE_BUF``, so workers writing at
-once never interleave. The sidecar only looks at the tag and the job id; the
+in UTF-8. A whole record fits in ``PIPE_BUF``, so workers writing at once
+never interleave. The sidecar only looks at the tag and the job id; the
 parent decodes the rest.
 
 Every outcome starts with an ``OutcomeTiming``: when the worker started the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import math
+import select
 import struct
 
 from .protocol import ProtocolError
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from typing import Final, NamedTuple
 
 __all__ = [
+    "MAX_MESSAGE_BYTES",
     "MAX_MESSAGE_CHARS",
     "OUTCOME_TIMING_SIZE",
     "PROGRESS_HEAD_SIZE",
@@ -51,10 +53,12 @@ PROGRESS_TAG: Final = 0x50
 # tag, flags, message bytes, pid, job id, done, total, seconds since the job started
 _HEAD: Final = struct.Struct("<BBHIQddd")
 PROGRESS_HEAD_SIZE: Final = _HEAD.size  # 40 bytes
-# A longer message is cut (with "..."): 4 bytes a character at most, so a
-# record stays under 4,096 bytes, the smallest PIPE_BUF (POSIX asks 512;
-# Linux, macOS and the BSDs give 4,096 or more).
+# A longer message is cut (with "..."). A record and its 4-byte length prefix
+# must fit in PIPE_BUF, so that records of workers writing at once never
+# interleave: 4,096 on Linux (1,000 characters of up to 4 bytes fit), 512 on
+# macOS and the BSDs (POSIX's minimum), where the message is cut shorter.
 MAX_MESSAGE_CHARS: Final = 1000
+MAX_MESSAGE_BYTES: Final = min(getattr(select, "PIPE_BUF", 512), 4096) - 4 - 40
 _JOB_ID: Final = struct.Struct("<Q")
 _JOB_ID_OFFSET: Final = 8
 
@@ -111,6 +115,9 @@ def encode_progress(
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[: MAX_MESSAGE_CHARS - 3] + "..."
         text = message.encode("utf-8", "replace")
+        if len(text) > MAX_MESSAGE_BYTES:
+            # Cut on a character boundary; only where PIPE_BUF is small (512 on macOS).
+            text = text[: MAX_MESSAGE_BYTES - 3].decode("utf-8", "ignore").encode() + b"..."
     return (
         _HEAD.pack(
             PROGRESS_TAG,
@@ -118,12 +125,20 @@ def encode_progress(
             len(text),
             pid,
             job_id,
-            float(done),
-            0.0 if total is None else float(total),
+            _as_float(done),
+            0.0 if total is None else _as_float(total),
             elapsed,
         )
         + text
     )
+
+
+def _as_float(value: float) -> float:
+    """``float(value)``; an int past the largest float becomes an infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def progress_job_id(record: bytes | memoryview, offset: int = 0) -> int | None:

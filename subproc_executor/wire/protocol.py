@@ -91,7 +91,7 @@ class MessageKind(enum.IntEnum):
     # parent -> sidecar: drop job_id if it has not started. No reply if it had.
     CANCEL = 3
     # sidecar -> parent: job_id finished; payload = opaque outcome bytes made
-    # by the worker (messages.OutcomeTag, then a value or an ErrorRecord).
+    # by the worker (its timing, messages.OutcomeTag, a value or an ErrorRecord).
     RESULT = 4
     # sidecar -> parent: job_id failed outside user code: messages.JobError.
     JOB_ERROR = 5

@@ -5,7 +5,7 @@
                                                                             re-run needs it again)
     parent   the job's Job record is dropped (its future ended) --> unlink
     worker   outcome >= threshold --> segment "spx-<parent>-<sidecar>-r<job>-<n>"
-                                                                           RESULT carries SPILLED + name
+                                                                    RESULT carries timing + SPILLED + name
     parent   reader thread: RESULT with SPILLED --> open, unlink, map; the future loads from the map
 
 Copying a payload through two pipes costs two kernel copies per hop and a

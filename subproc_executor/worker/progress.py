@@ -41,28 +41,37 @@ __all__ = ["INTERVAL", "attach", "begin", "end", "report_progress"]
 INTERVAL: Final = 0.1
 _CONN_HEADER: Final = struct.Struct("!i")  # multiprocessing.Connection's length prefix
 _monotonic: Final = time.monotonic
+# A flusher with nothing to send for this long exits.
+_FLUSHER_IDLE_SECONDS: Final = 2.0
+# end() gives up sending the last report after this: the outcome must not wait.
+_END_LOCK_SECONDS: Final = 0.5
 
-_job_id: int | None = None  # the running job; None outside a job
+_job_id: int | None = None  # the running job; None outside a job (or with nowhere to send)
 _started = 0.0
 _pid = 0
 _fd = -1  # our own non-blocking descriptor of the notify pipe
 _conn: Any = None  # the Connection itself, where /proc cannot give us one
 _seq = 0  # numbers every report of this process
 _sent_seq = 0  # the newest report written
-# The latest report not written yet: (number, done, total, message, when).
-_pending: tuple[int, float, float | None, str | None, float] | None = None
+# The latest report not written yet: (number, job id, done, total, message, when).
+_pending: tuple[int, int, float, float | None, str | None, float] | None = None
 _next_send = 0.0
 _lock = threading.Lock()
-_wake: threading.Event | None = None  # the flusher's; None until a report waits
+_wake: threading.Event | None = None  # the flusher's; None while no flusher runs
 written = 0  # records written by this process (read by tests)
 
 
 def attach(notify: Any, pid: int) -> None:
-    """Where records go: the notify pipe's write end (a Connection). Called
-    by ``job.worker_init`` in every worker."""
+    """Where records go: the notify pipe's write end (a Connection), or None
+    for nowhere. Called by ``job.worker_init`` in every worker."""
     global _fd, _conn, _pid
     _pid = pid
     _conn = None
+    if _fd >= 0:
+        try:
+            os.close(_fd)
+        except OSError:
+            pass
     _fd = -1
     if notify is None:
         return
@@ -75,23 +84,31 @@ def attach(notify: Any, pid: int) -> None:
 
 
 def begin(job_id: int, started: float) -> None:
-    """A job starts in this worker; reports are now about it."""
-    global _job_id, _started, _next_send
+    """A job starts in this worker; reports are now about it (if they can go anywhere)."""
+    global _job_id, _started, _next_send, _pending
     _started = started
     _next_send = 0.0
-    _job_id = job_id
+    _pending = None  # a report a thread of the last job made late is not this job's
+    _job_id = job_id if (_fd >= 0 or _conn is not None) else None
 
 
 def end() -> None:
-    """The job's call returned: send its latest unsent report, then ignore reports."""
+    """The job's call returned: send its latest unsent report, then ignore
+    reports. Never raises."""
     global _job_id, _pending
-    if _pending is not None:
-        with _lock:
-            report = _pending
-            if report is not None and report[0] > _sent_seq and _job_id is not None:
-                _write(_job_id, report)
-            _pending = None
-    _job_id = None
+    job_id, _job_id = _job_id, None
+    report = _pending
+    if report is None or job_id is None:
+        return
+    if not _lock.acquire(timeout=_END_LOCK_SECONDS):
+        return  # the flusher is stuck in a blocking write: the job's outcome must not wait
+    try:
+        report = _pending
+        if report is not None and report[0] > _sent_seq and report[1] == job_id:
+            _write(report)
+        _pending = None
+    finally:
+        _lock.release()
 
 
 def report_progress(done: float, total: float | None = None, message: str | None = None) -> None:
@@ -121,25 +138,33 @@ def report_progress(done: float, total: float | None = None, message: str | None
         return
     now = _monotonic()
     _seq += 1
+    report = (_seq, job_id, done, total, message, now)
     if now < _next_send:
         # The fast path: a report within the interval is only kept.
-        if _pending is None:
-            _pending = (_seq, done, total, message, now)
+        waiting = _pending is not None
+        _pending = report
+        if not waiting:
             _kick()
-        else:
-            _pending = (_seq, done, total, message, now)
         return
-    with _lock:
+    # Not blocking: a signal handler that reports while this thread writes
+    # (or the flusher holding the lock) leaves the report pending instead.
+    if not _lock.acquire(blocking=False):
+        _pending = report
+        _kick()
+        return
+    try:
         if _job_id == job_id:
-            _write(job_id, (_seq, done, total, message, now))
+            _write(report)
+    finally:
+        _lock.release()
 
 
-def _write(job_id: int, report: tuple[int, float, float | None, str | None, float]) -> None:
+def _write(report: tuple[int, int, float, float | None, str | None, float]) -> None:
     """Write one record (lock held). A full pipe keeps it pending; a gone
-    sidecar drops it. Never raises."""
+    sidecar drops it. Never raises: a report is worth less than the job."""
     global _sent_seq, _next_send, _pending, written
-    seq, done, total, message, when = report
-    _next_send = time.monotonic() + INTERVAL
+    seq, job_id, done, total, message, when = report
+    _next_send = _monotonic() + INTERVAL
     try:
         record = encode_progress(job_id, _pid, done, total, message, when - _started)
         if _fd >= 0:
@@ -149,15 +174,17 @@ def _write(job_id: int, report: tuple[int, float, float | None, str | None, floa
         else:
             return
     except BlockingIOError:
-        if _pending is None or _pending[0] < seq:
+        pending = _pending
+        if pending is None or pending[0] < seq:
             _pending = report  # the sidecar is behind: try again next interval
             _kick()
         return
-    except (OSError, ValueError):
-        return  # the sidecar is gone: the job goes on
+    except Exception:
+        return  # the sidecar is gone, or a number no float holds: the job goes on
     written += 1
     _sent_seq = seq
-    if _pending is not None and _pending[0] <= seq:
+    pending = _pending
+    if pending is not None and pending[0] <= seq and _pending is pending:
         _pending = None
 
 
@@ -179,24 +206,32 @@ def _kick() -> None:
 
 def _flush_loop(wake: threading.Event) -> None:
     """The flusher: sends a job's latest report once its interval is over, so
-    a job that stops reporting is not shown where it was a moment before."""
-    global _pending
+    a job that stops reporting is not shown where it was a moment before.
+    Exits once no job has reported for a while (a thread left in a worker
+    would make a later ``os.fork()`` in a job warn)."""
+    global _pending, _wake
     while True:
-        wake.wait()
+        if not wake.wait(_FLUSHER_IDLE_SECONDS):
+            with _lock:
+                if _pending is None and not wake.is_set():
+                    _wake = None
+                    return
+            # else a report waits that came without a kick: send it below
         wake.clear()
         while True:
-            delay = _next_send - time.monotonic()
+            delay = _next_send - _monotonic()
             if delay > 0:
                 time.sleep(delay)
             with _lock:
-                report, job_id = _pending, _job_id
-                if report is None or job_id is None:
+                report = _pending
+                if report is None:
                     break
-                if report[0] <= _sent_seq:
-                    _pending = None
+                if report[1] != _job_id or report[0] <= _sent_seq:
+                    if _pending is report:  # not a newer one stored meanwhile
+                        _pending = None
                     break
-                if time.monotonic() >= _next_send:
-                    _write(job_id, report)
+                if _monotonic() >= _next_send:
+                    _write(report)
 
 
 def _number(value: object, name: str) -> float:
