@@ -29,8 +29,9 @@ from typing import Any, ClassVar
 import jobs
 import pytest
 from executor_fixtures import ANSWER_WITHIN, FAIL_WITHIN, MakeExecutor
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from subproc_executor import ProgressReport, SubprocExecutor, WorkerDiedError, report_progress
 from subproc_executor.wire.progress import (
@@ -584,3 +585,135 @@ def test_report_progress_in_a_plain_loop_is_a_no_op() -> None:
     for i in range(1000):
         report_progress(i, total=1000, message="loop")
     assert worker_progress.written == written and worker_progress._pending is None
+
+
+# -- the coalescer, searched ---------------------------------------------------------------------
+
+
+class CoalescerMachine(RuleBasedStateMachine):
+    """Random reports, job starts and ends, clock steps, a full or drained
+    pipe and flusher turns, on a fake clock with the flusher driven by hand.
+
+    Invariants: a job's records are some of its reports, in order, never one
+    twice; no record follows its job's end; a job that ended while the pipe
+    had room shows its last report; fewer records than one per interval."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reader, self.writer = multiprocessing.Pipe(duplex=False)
+        self.now = 1000.0
+        self.saved = (worker_progress._monotonic, worker_progress._kick)
+        worker_progress._monotonic = lambda: self.now  # type: ignore[misc]
+        worker_progress._kick = lambda: None  # the flusher is the rule below
+        worker_progress.attach(self.writer, 4242)
+        self.job: int | None = None
+        self.next_job = 1
+        self.reports: dict[int, list[int]] = {}  # job -> dones reported, in order
+        self.records: list[ProgressRecord] = []
+        self.ended: set[int] = set()
+        self.final: dict[int, int] = {}  # job -> its records once it ended
+        self.filler = -1
+        self.started: dict[int, float] = {}
+
+    def teardown(self) -> None:
+        worker_progress.end()
+        worker_progress._monotonic, worker_progress._kick = self.saved  # type: ignore[misc]
+        worker_progress.attach(None, 0)
+        if self.filler >= 0:
+            os.close(self.filler)
+        self.reader.close()
+        self.writer.close()
+
+    def _drain(self) -> None:
+        while self.reader.poll(0):
+            data = self.reader.recv_bytes()
+            if len(data) != 8:  # the filler's junk
+                self.records += decode_progress(data)
+
+    @precondition(lambda self: self.job is None)
+    @rule()
+    def begin(self) -> None:
+        self.job, self.next_job = self.next_job, self.next_job + 1
+        self.reports[self.job] = []
+        self.started[self.job] = self.now
+        worker_progress.begin(self.job, self.now)
+
+    @precondition(lambda self: self.job is not None)
+    @rule(n=st.integers(1, 30))
+    def report(self, n: int) -> None:
+        assert self.job is not None
+        for _ in range(n):
+            done = len(self.reports[self.job])
+            self.reports[self.job].append(done)
+            report_progress(done, total=1000)
+
+    @precondition(lambda self: self.job is None)
+    @rule()
+    def report_outside_a_job(self) -> None:
+        report_progress(1)
+
+    @rule(dt=st.sampled_from([0.0, 0.01, 0.05, 0.1, 0.3]))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+
+    @rule()
+    def flusher_turn(self) -> None:
+        worker_progress._flush_due()
+
+    @precondition(lambda self: self.job is not None)
+    @rule()
+    def end(self) -> None:
+        assert self.job is not None
+        job, self.job = self.job, None
+        pipe_had_room = self.filler < 0
+        worker_progress.end()
+        self.ended.add(job)
+        self._drain()
+        mine = [r.done for r in self.records if r.job_id == job]
+        self.final[job] = len(mine)
+        if pipe_had_room and self.reports[job]:
+            assert mine and mine[-1] == self.reports[job][-1], (mine, self.reports[job])
+
+    @rule()
+    def fill_pipe(self) -> None:
+        fd = worker_progress._fd
+        if fd < 0 or self.filler >= 0:
+            return
+        self.filler = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK)
+        junk = _CONN_HEADER.pack(8) + b"\0" * 8
+        while True:
+            try:
+                os.write(self.filler, junk)
+            except BlockingIOError:
+                break
+
+    @rule()
+    def drain(self) -> None:
+        self._drain()
+        if self.filler >= 0:
+            os.close(self.filler)
+            self.filler = -1
+
+    @invariant()
+    def records_are_reports_in_order(self) -> None:
+        seen: dict[int, int] = {}
+        for r in self.records:
+            assert r.pid == 4242 and r.total == 1000
+            assert r.done in self.reports[r.job_id]
+            assert r.done > seen.get(r.job_id, -1), "a record went back or came twice"
+            seen[r.job_id] = r.done
+            assert r.elapsed >= 0
+
+    @invariant()
+    def nothing_after_a_job_ended(self) -> None:
+        self._drain()
+        for r in self.records:
+            assert r.job_id in self.ended or r.job_id == self.job, "a record of a job that never ran"
+        for job, count in self.final.items():
+            assert sum(1 for r in self.records if r.job_id == job) == count, (
+                f"job {job} reported after its end"
+            )
+
+
+TestCoalescer = CoalescerMachine.TestCase
+TestCoalescer.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)

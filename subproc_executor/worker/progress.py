@@ -209,7 +209,7 @@ def _flush_loop(wake: threading.Event) -> None:
     a job that stops reporting is not shown where it was a moment before.
     Exits once no job has reported for a while (a thread left in a worker
     would make a later ``os.fork()`` in a job warn)."""
-    global _pending, _wake
+    global _wake
     while True:
         if not wake.wait(_FLUSHER_IDLE_SECONDS):
             with _lock:
@@ -222,16 +222,24 @@ def _flush_loop(wake: threading.Event) -> None:
             delay = _next_send - _monotonic()
             if delay > 0:
                 time.sleep(delay)
-            with _lock:
-                report = _pending
-                if report is None:
-                    break
-                if report[1] != _job_id or report[0] <= _sent_seq:
-                    if _pending is report:  # not a newer one stored meanwhile
-                        _pending = None
-                    break
-                if _monotonic() >= _next_send:
-                    _write(report)
+            if not _flush_due():
+                break
+
+
+def _flush_due() -> bool:
+    """Send the pending report if its interval is over; whether one still waits."""
+    global _pending
+    with _lock:
+        report = _pending
+        if report is None:
+            return False
+        if report[1] != _job_id or report[0] <= _sent_seq:
+            if _pending is report:  # not a newer one stored meanwhile
+                _pending = None
+            return False
+        if _monotonic() >= _next_send:
+            _write(report)
+        return _pending is not None
 
 
 def _number(value: object, name: str) -> float:
