@@ -57,6 +57,7 @@ settings_records = st.builds(
     sys_path=st.lists(texts, max_size=5).map(tuple),
     log_level=st.sampled_from(["DEBUG", "INFO", "WARNING", "ERROR"]),
     shm_threshold=st.none() | st.integers(1, 2**40),
+    backend_options=st.dictionaries(texts, st.none() | st.booleans() | st.integers() | texts, max_size=3),
 )
 json_records = st.one_of(
     settings_records,
@@ -152,8 +153,9 @@ def test_a_missing_field_is_named(record: Any, data: st.DataObject) -> None:
 def test_a_field_of_the_wrong_type_is_named(record: Any, data: st.DataObject) -> None:
     body = json.loads(record.encode())
     field = data.draw(st.sampled_from(sorted(body)))
-    # A dict is never a valid value of any field.
-    body[field] = {"not": "valid"}
+    # A list of objects is never a valid value of any field (backend_options
+    # is an object; list fields hold numbers or strings).
+    body[field] = [{"not": "valid"}]
     with pytest.raises(ProtocolError, match=f"{type(record).__name__}: field '{field}'"):
         type(record).decode(json.dumps(body).encode())
 

@@ -88,11 +88,11 @@ def test_header_layout_is_pinned() -> None:
     # PROTOCOL_VERSION and docs/protocol.md, in the same commit.
     assert HEADER_SIZE == 20
     assert MAGIC == b"SX"
-    assert PROTOCOL_VERSION == 5
+    assert PROTOCOL_VERSION == 6
     header = encode_header(MessageKind.RESULT, 0x0102030405060708, 0x1112131415161718)
     assert header == (
         b"SX"  # magic
-        + bytes([5])  # version
+        + bytes([6])  # version
         + bytes([4])  # kind: RESULT
         + bytes.fromhex("0807060504030201")  # job_id, little-endian
         + bytes.fromhex("1817161514131211")  # length, little-endian
@@ -364,7 +364,7 @@ def test_bad_header_raises_as_soon_as_it_is_complete(
         ),
         (
             header_bytes(version=1),
-            "protocol version 1, expected 5: parent and sidecar come from different "
+            "protocol version 1, expected 6: parent and sidecar come from different "
             "subproc_executor versions",
         ),
         (header_bytes(kind=0), "unknown message kind 0"),

@@ -32,7 +32,7 @@ import os
 import signal
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from concurrent.futures import wait as wait_all
 
@@ -96,7 +96,13 @@ class SubprocExecutor(Executor):
         max_tasks_per_child: jobs a worker runs before it is replaced.
         backend: "pipes" (our own pool, the default: the fastest, and a
             crash fails only the crashed job), "process" (the stdlib's pool),
-            "loky", a registered entry point name, or "module:attr".
+            "loky", "dask" (a Dask cluster: ``pip install
+            'subproc-executor[dask]'``), a registered entry point name, or
+            "module:attr".
+        backend_options: settings for the backend, as JSON values (a
+            mapping of str keys): for backend="dask", ``address`` and the
+            rest (docs/backends.md); the other built-in backends take none.
+            A key the built-in backend does not know is a ValueError.
         pickler: an importable object with ``dumps``/``loads``; default pickle
             with a cloudpickle fallback.
         restart: start a new sidecar when one dies (default); False makes the
@@ -149,6 +155,7 @@ class SubprocExecutor(Executor):
         memory_limit: int | None = None,
         cancel_running: bool = False,
         on_progress: Callable[[ProgressReport], object] | None = None,
+        backend_options: Mapping[str, object] | None = None,
     ) -> None:
         if os.environ.get(SIDECAR_PID_ENV) == str(os.getpid()):
             raise RuntimeError(
@@ -173,6 +180,7 @@ class SubprocExecutor(Executor):
             memory_limit=memory_limit,
             cancel_running=cancel_running,
             on_progress=on_progress,
+            backend_options=backend_options,
         )
         self._settings = settings
         self._options: JobOptions | None = settings.options if settings.options != JobOptions() else None

@@ -15,12 +15,13 @@ group, or a "module:attr" path of a backend factory.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import math
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ..wire import shm
 from ..wire.messages import JobLimits, LimitedJob, SidecarSettings
@@ -44,6 +45,7 @@ __all__ = [
     "BackendSpec",
     "Settings",
     "check_backend",
+    "check_backend_options",
     "default_max_workers",
     "known_backends",
     "make_settings",
@@ -87,6 +89,14 @@ class BackendSpec(Record):
     # It can stop one running job (kill its worker) without touching the
     # others: per-job timeouts, memory limits and cancel_running need that.
     stops_one_job: bool = False
+    # Its workers announce each job they start (the notify pipe): slow-job
+    # reports (status_interval) and progress reports (on_progress) need that.
+    start_records: bool = True
+    # Its workers share /dev/shm with the parent (same machine), so big
+    # payloads may travel as shared-memory segments.
+    shared_memory: bool = True
+    # The keys backend_options= accepts (anything else is a ValueError).
+    options: tuple[str, ...] = ()
 
 
 BUILTIN_BACKENDS: Final[dict[str, BackendSpec]] = {
@@ -120,6 +130,21 @@ BUILTIN_BACKENDS: Final[dict[str, BackendSpec]] = {
         start_methods=("fork", "forkserver", "spawn"),
         # Each worker has pipes of its own: one killed leaves the rest working.
         stops_one_job=True,
+    ),
+    "dask": BackendSpec(
+        target="subproc_executor.sidecar.backends.dask:DaskBackend",
+        # A LocalCluster's nannies spawn their workers; a remote cluster's
+        # workers are started by whoever runs them. Nothing forks from the sidecar.
+        start_methods=("spawn",),
+        max_tasks_per_child=False,
+        max_tasks_hint="Dask does not replace a worker after N tasks; use backend='pipes'",
+        module="distributed",
+        install="pip install 'subproc-executor[dask]'",
+        # A Dask worker is not our child and its jobs cannot be announced on
+        # our pipe; it may run on another machine, without our /dev/shm.
+        start_records=False,
+        shared_memory=False,
+        options=("address", "dashboard", "security", "allowed_failures", "connect_timeout"),
     ),
 }
 
@@ -208,6 +233,33 @@ def check_backend(name: str, start_method: str | None, max_tasks_per_child: int 
     return method
 
 
+def check_backend_options(name: str, spec: BackendSpec | None, options: object) -> dict[str, Any]:
+    """``backend_options=`` as plain JSON data; for a built-in backend, only
+    the keys it accepts. A third-party backend checks its own, in the sidecar."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"backend_options must be a mapping of option names to values, got {options!r}")
+    if not all(isinstance(key, str) for key in options):
+        raise TypeError(f"backend_options keys must be strings, got {sorted(map(repr, options))}")
+    try:
+        data: dict[str, Any] = json.loads(json.dumps(dict(options), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"backend_options must hold JSON values (str, numbers, bools, None, lists, dicts), since "
+            f"they travel to the sidecar as JSON: {exc}"
+        ) from None
+    if spec is not None:
+        unknown = sorted(set(data) - set(spec.options))
+        if unknown:
+            accepted = ", ".join(spec.options) or "none"
+            raise ValueError(
+                f"backend {name!r} does not accept the option(s) {', '.join(map(repr, unknown))} in "
+                f"backend_options; it accepts: {accepted}"
+            )
+    return data
+
+
 def _positive_seconds(name: str, value: object) -> float | None:
     if value is None:
         return None
@@ -272,6 +324,11 @@ def make_options(
         raise TypeError(
             f"on_progress must be a callable taking a ProgressReport, or None; got {on_progress!r}"
         )
+    if on_progress is not None and spec is not None and not spec.start_records:
+        raise ValueError(
+            f"backend {backend!r} cannot forward report_progress() from its workers, so it refuses "
+            "on_progress: use backend='pipes' (or another local backend)"
+        )
     options = JobOptions(
         timeout=None if timeout is None else float(timeout),
         memory_limit=memory_limit,
@@ -327,6 +384,8 @@ class Settings(Record):
     # The backend's spec if built in (None: a third-party backend, which
     # declares stops_one_job itself, checked by the sidecar).
     spec: BackendSpec | None = None
+    # backend_options=, as JSON data (see check_backend_options).
+    backend_options: dict[str, Any] = field(default_factory=dict)
 
     def sidecar_settings(self) -> SidecarSettings:
         """What crosses to the sidecar in INIT."""
@@ -344,6 +403,7 @@ class Settings(Record):
             sys_path=self.sys_path,
             log_level=logging.getLevelName(logging.WARNING),
             shm_threshold=self.shm_threshold,
+            backend_options=self.backend_options,
         )
 
 
@@ -366,6 +426,7 @@ def make_settings(
     memory_limit: int | None = None,
     cancel_running: bool = False,
     on_progress: Callable[[ProgressReport], object] | None = None,
+    backend_options: Mapping[str, object] | None = None,
 ) -> Settings:
     """Validate the constructor's arguments, with the stdlib's exception types
     where the stdlib checks the same thing. Imports no backend."""
@@ -388,6 +449,12 @@ def make_settings(
                 "supply a different mp_context."
             )
     start_method = check_backend(backend, start_method, max_tasks_per_child)
+    options_data = check_backend_options(backend, spec, backend_options)
+    if spec is not None and not spec.start_records and (status_interval is not None or on_status is not None):
+        raise ValueError(
+            f"backend {backend!r} does not learn when a job starts on its workers, so it cannot report "
+            "slow jobs: drop status_interval and on_status, or use backend='pipes'"
+        )
     options = make_options(backend, spec, job_timeout, memory_limit, cancel_running, on_progress)
     counts_batches = spec is None or spec.batches_count_as_tasks
     pickler_qualname = DEFAULT_PICKLER if pickler is None else pickler_name(pickler)
@@ -427,7 +494,9 @@ def make_settings(
         on_status=on_status,
         cwd=cwd,
         sys_path=tuple(dict.fromkeys(os.path.join(cwd, p) if p else cwd for p in sys.path)),
-        shm_threshold=shm_threshold if shm.available() else None,
+        # Workers on other machines share no /dev/shm with us.
+        shm_threshold=shm_threshold if shm.available() and (spec is None or spec.shared_memory) else None,
         options=options,
         spec=spec,
+        backend_options=options_data,
     )

@@ -120,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             initializer=init.initializer,
             close_fds=(read_fd, write_fd, notify_reader.fileno()),
             notify=notify_writer,
+            options=dict(s.backend_options),
         )
         # After our own imports, before the backend's: a third-party backend
         # lives on the user's path, and forked workers inherit it.

@@ -53,7 +53,7 @@ __all__ = [
 MAGIC: Final = b"SX"
 # Bump on any change to the header layout or to the meaning of a kind, and
 # update docs/protocol.md in the same commit.
-PROTOCOL_VERSION: Final = 5
+PROTOCOL_VERSION: Final = 6
 HEADER: Final = struct.Struct("<2sBBQQ")
 HEADER_SIZE: Final = HEADER.size  # 20 bytes
 # A sanity bound, not a size limit: 1 TiB is more than any payload that fits

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 
-from ...wire.record import Record
+from ...wire.record import Record, field
 
 # typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
 TYPE_CHECKING = False
@@ -56,6 +56,9 @@ class BackendConfig(Record):
     # Connection) of the pipe on which workers announce each job they start.
     # Pass it to worker.job.worker_init; None disables the announcements.
     notify: object = None
+    # backend_options= as the user gave them (JSON values). The parent checks
+    # the keys of a built-in backend; a third-party backend checks its own.
+    options: dict[str, object] = field(default_factory=dict)
 
 
 class Backend(Protocol):
