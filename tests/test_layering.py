@@ -32,6 +32,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 
 # Modules that belong to the sidecar side and must never load in the parent.
 PARENT_NEVER_IMPORTS = (
+    "distributed",
     "loky",
     "subproc_executor.sidecar",
 )
@@ -199,6 +200,11 @@ LAYERS: dict[str, Layer] = {
         f"subprocess selectors {_NO_LOKY}",
         why="report_progress: coalesced, never-blocking records from a running job",
     ),
+    "worker.remote": _layer(
+        "worker.job wire.progress",
+        f"distributed dask subprocess {_NO_LOKY}",
+        why="a Dask worker's entry: the initializer once per process, then job.run_batch",
+    ),
     "worker.job": _layer(
         "worker.pickling worker.progress wire.messages wire.fdtools wire.progress wire.shm",
         _NO_LOKY,
@@ -324,6 +330,11 @@ LAYERS: dict[str, Layer] = {
         "wire.record",
         _NO_LOKY,
         why="a lean pool of our own: two pipes per worker, one reader thread",
+    ),
+    "sidecar.backends.dask": _layer(
+        "sidecar.backends worker.remote errors wire.messages wire.progress",
+        _NO_LOKY,
+        why="the sidecar as a Dask client; the only module that imports distributed",
     ),
 }
 
@@ -458,3 +469,13 @@ def test_imports_point_one_way() -> None:
         list(TopologicalSorter(graph).static_order())
     except CycleError as exc:
         pytest.fail(f"import cycle between modules of the package: {exc.args[1]}")
+
+
+def test_only_the_dask_backend_imports_distributed() -> None:
+    # The optional cluster client stays optional: no other module, in any process, loads it.
+    importers = sorted(
+        module
+        for module, (_, outside) in IMPORTS.items()
+        if any(m == top or m.startswith(top + ".") for m in outside for top in ("distributed", "dask"))
+    )
+    assert importers == ["sidecar.backends.dask"]

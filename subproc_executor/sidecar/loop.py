@@ -512,7 +512,15 @@ class SidecarLoop:
             # Outcomes its worker put in shared memory but never sent (a
             # worker that died mid-batch): no one else knows their names.
             shm.sweep(f"{self._shm_prefix}r{job_id}-" for job_id in batch.job_ids)
-            failures = self._scheduler.failed(batch, exitcodes, error, died.pid if died is not None else None)
+            # A backend may name the worker in its own terms (a Dask worker's address).
+            name = getattr(died, "worker_name", None)
+            failures = self._scheduler.failed(
+                batch,
+                exitcodes,
+                error,
+                died.pid if died is not None else None,
+                name if isinstance(name, str) else None,
+            )
             failures_were_kills = bool(failures) and all(f.error.kind in _KILL_KINDS for f in failures)
             for failure in failures:
                 self._send_job_error(failure.job_id, failure.error)

@@ -420,13 +420,20 @@ class Scheduler:
             self._release_locked(batch)
 
     def failed(
-        self, batch: Batch, exitcodes: dict[int, int | None], error: str, died_pid: int | None = None
+        self,
+        batch: Batch,
+        exitcodes: dict[int, int | None],
+        error: str,
+        died_pid: int | None = None,
+        died_name: str | None = None,
     ) -> list[Failure]:
         """The batch could not finish because its pool broke. Requeue what
         deserves another run; return the jobs that fail for good.
 
         ``died_pid`` is the worker the backend itself saw die running this
         batch, when it knows; otherwise the culprit is inferred from exit codes.
+        ``died_name``: how the backend names that worker in messages (a Dask
+        worker's address), when a pid alone would not say where it ran.
         """
         with self._lock:
             self._release_locked(batch)
@@ -466,10 +473,21 @@ class Scheduler:
                     requeue.append(job)  # never started, or finished but its result was lost
                     continue
                 pid = job.start[0] if job.start is not None else 0
+                # A backend whose workers announce nothing (Dask) saw the
+                # worker of a one-job batch die: that job ran there, and the
+                # backend's own retries, if any, are spent.
+                named = (
+                    died_pid is not None
+                    and job.start is None
+                    and len(batch.jobs) == 1
+                    and not self._seen_records
+                )
+                if named:
+                    pid = died_pid or 0
                 code = facts.get(pid)
-                if batch.quarantine or (who is not None and who[0] == pid):
+                if batch.quarantine or named or (who is not None and who[0] == pid):
                     failures.append(
-                        Failure(job.job_id, _died(job.job_id, pid, code, error, batch.quarantine))
+                        Failure(job.job_id, _died(job.job_id, pid, code, error, batch.quarantine, died_name))
                     )
                     continue
                 job.crash_retries += 1
@@ -482,8 +500,10 @@ class Scheduler:
                     failures.append(Failure(job.job_id, died.replace(message=message)))
                     continue
                 # Collateral if the culprit is known to be another worker;
-                # otherwise a suspect, rerun alone to find out.
-                job.quarantine = who is None
+                # otherwise a suspect, rerun alone to find out. Without a
+                # start record the dead worker's name does not say which job
+                # of the batch it ran: a suspect too.
+                job.quarantine = who is None or job.start is None
                 requeue.append(job)
             self._requeue_locked(requeue)
             return failures
@@ -531,10 +551,12 @@ def _with_exit(error: JobError, facts: dict[int, int | None]) -> JobError:
     return error.replace(exitcode=code, status=describe_exitcode(code))
 
 
-def _died(job_id: int, pid: int, code: int | None, error: str, alone: bool) -> JobError:
+def _died(
+    job_id: int, pid: int, code: int | None, error: str, alone: bool, name: str | None = None
+) -> JobError:
     status = describe_exitcode(code)
     how = " (it ran alone, after an earlier crash left the cause unclear)" if alone else ""
-    worker = f"worker pid {pid}" if pid else "a worker (pid unknown)"
+    worker = name or (f"worker pid {pid}" if pid else "a worker (pid unknown)")
     return JobError(
         kind=JobErrorKind.WORKER_DIED,
         message=f"{worker} died with {status} while running job {job_id}{how}",

@@ -47,7 +47,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["announce", "call_chunk", "run_batch", "run_one", "worker_init"]
+__all__ = ["announce", "call_chunk", "run_batch", "run_initializer", "run_one", "worker_init"]
 
 _VALUE_TAG = bytes([OutcomeTag.VALUE])
 _SPILLED_TAG = bytes([OutcomeTag.SPILLED])
@@ -239,14 +239,23 @@ def worker_init(
         pass
     _set_parent_death_signal()
     _watch_sidecar()
+    _init_failure = run_initializer(pickler_name, initializer)
+
+
+def run_initializer(pickler_name: str, initializer: bytes | None) -> bytes | None:
+    """Run the user's (initializer, initargs); the outcome bytes (without a
+    timing head) every job of this worker answers with if it raised, else
+    None. Never raises. Apart from ``worker_init`` for workers that are not
+    our children (``worker.remote``)."""
     if initializer is None:
-        return
+        return None
     try:
         init: Any = resolve_pickler(pickler_name).loads(initializer)
         fn, args = init
         fn(*args)
     except BaseException as exc:
-        _init_failure = _error_bytes(OutcomeTag.INIT_FAILED, pickler_name, exc, "running the initializer")
+        return _error_bytes(OutcomeTag.INIT_FAILED, pickler_name, exc, "running the initializer")
+    return None
 
 
 def _watch_sidecar() -> None:
