@@ -20,6 +20,7 @@ where a cell is a ``Cell`` as a dict.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -109,6 +110,12 @@ def run_all(config: RunConfig, meta: dict[str, object]) -> dict[str, object]:
                     cells[contender.name] = Cell("skipped", "interrupted")
                     continue
                 bar.set_postfix_str(contender.name)
+                if contender.families is not None and family.name not in contender.families:
+                    cells[contender.name] = Cell("skipped", f"not measured for {contender.name}")
+                    continue
+                if contender.needs is not None and importlib.util.find_spec(contender.needs) is None:
+                    cells[contender.name] = Cell("skipped", f"{contender.needs} is not installed")
+                    continue
                 try:
                     cell = _run_cell(config, family, metrics, plan, contender, bar.update)
                 except KeyboardInterrupt:

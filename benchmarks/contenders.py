@@ -32,6 +32,10 @@ class Contender:
     load: Callable[[int], Callable[[], Executor]]
     # Has quiesce()/wakeup(): the idle-memory family also measures after quiesce().
     lifecycle: bool = False
+    # The families it is measured in (None: all); the others show a skipped cell.
+    families: frozenset[str] | None = None
+    # A package it needs; without it its cells are skipped, not failed.
+    needs: str | None = None
 
 
 def _stdlib(method: str) -> Callable[[int], Callable[[], Executor]]:
@@ -98,6 +102,14 @@ CONTENDERS: Final[dict[str, Contender]] = {
             "a time limit that never fires, so its row shows what per-job control costs",
             _subproc("pipes", job_timeout=3600.0, cancel_running=True),
             lifecycle=True,
+        ),
+        Contender(
+            "subproc-dask",
+            'SubprocExecutor(backend="dask"): the sidecar as client of a loopback LocalCluster '
+            "(one single-threaded worker process each): what a Dask hop costs",
+            _subproc("dask"),
+            families=frozenset({"cold-start", "latency", "throughput", "crash"}),
+            needs="distributed",
         ),
     )
 }
