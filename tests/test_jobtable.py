@@ -10,6 +10,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any
 
+import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -80,6 +81,22 @@ def test_the_window_stays_at_the_stdlib_size_for_slow_jobs() -> None:
             clock.now += RATE_PERIOD_SECONDS * 10  # 100 ms jobs
             table.finish(job.job_id)
     assert table.window == 5
+
+
+@pytest.mark.parametrize("target_seconds", [0.002, 0.05])
+def test_a_backend_with_a_long_round_trip_keeps_more_in_flight(target_seconds: float) -> None:
+    """At the same completion rate (a job every 5 ms, each answered a round trip
+    later), the window holds about ``target_seconds`` of work: a cluster
+    backend's 50 ms keeps ten more jobs in flight than the local 2 ms."""
+    clock = FakeClock()
+    table = JobTable(2, clock=clock, target_seconds=target_seconds)
+    for _ in range(400):
+        table.enqueue(_job(table))
+    while table.queued:
+        for job in table.take_sendable():
+            clock.now += 0.005
+            table.finish(job.job_id)
+    assert table.window == 3 + int(200 * target_seconds)
 
 
 def test_cancel_futures_keeps_jobs_resent_after_a_sidecar_died_before_starting() -> None:

@@ -95,8 +95,14 @@ class Job(Record, frozen=False):
 class JobTable:
     """Jobs between ``submit`` and their future's resolution. Caller holds the lock."""
 
-    def __init__(self, max_workers: int, *, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, max_workers: int, *, clock: Any = time.monotonic, target_seconds: float = WINDOW_TARGET_SECONDS
+    ) -> None:
         self._clock = clock
+        # Work to keep in flight, in seconds at the measured rate: more for a
+        # backend whose round trip is long (a cluster), so it is not idle
+        # between answers (a window of N jobs gives at most N per round trip).
+        self._target_seconds = target_seconds
         self._base_window = max_workers + 1
         self.window = self._base_window
         self._max_window = max_workers * (1 + MAX_EXTRA_PER_WORKER)
@@ -229,6 +235,6 @@ class JobTable:
         elapsed = now - self._rate_since
         if elapsed >= RATE_PERIOD_SECONDS:
             rate = self._rate_count / elapsed
-            self.window = min(self._max_window, self._base_window + int(rate * WINDOW_TARGET_SECONDS))
+            self.window = min(self._max_window, self._base_window + int(rate * self._target_seconds))
             self._rate_count = 0
             self._rate_since = now

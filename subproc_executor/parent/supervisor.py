@@ -67,7 +67,7 @@ from ..wire.protocol import Frame, MessageKind
 from ..wire.transport import PipeClosed
 from . import outcome, progress
 from .delivery import Deliverer
-from .jobtable import Job, JobTable
+from .jobtable import WINDOW_TARGET_SECONDS, Job, JobTable
 from .launcher import SIDECAR_EXIT_GRACE_SECONDS, SidecarExit, SidecarProcess
 from .settings import JobOptions, Settings
 from .stoppable import StoppableFuture
@@ -119,7 +119,11 @@ class Supervisor:
         self._init_payload = Init(settings.sidecar_settings(), settings.initializer).encode()
         self.lock = threading.Lock()
         self.state = ExecutorState.RUNNING
-        self.table = JobTable(settings.max_workers)
+        spec = settings.spec
+        self.table = JobTable(
+            settings.max_workers,
+            target_seconds=spec.window_seconds if spec is not None else WINDOW_TARGET_SECONDS,
+        )
         # Queue waits and run times of recent jobs, for statistics().
         self.timings = Timings()
         self.sidecar: SidecarProcess | None = None
