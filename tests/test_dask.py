@@ -160,6 +160,22 @@ def test_local_cluster_runs_twice_fails_a_crash_and_keeps_serving(
     assert ex.submit(jobs.square, 7).result(ANSWER_WITHIN) == 49
 
 
+def test_a_crash_among_siblings_fails_only_the_crashed_job(make_executor: MakeExecutor) -> None:
+    """Jobs queued behind the crash, on the same Dask worker, are not suspects:
+    only the task that was running when the worker died fails (the crash
+    family of the harness saw one innocent job fail while the LocalCluster
+    allowed no worker death per task: Dask counts a death against every task
+    assigned to the worker)."""
+    ex = make_executor(2)
+    ex.submit(jobs.square, 1).result(ANSWER_WITHIN)  # the cluster is up
+    futures = [ex.submit(jobs.sleep_return, 0.2, i) for i in range(3)]
+    crash = ex.submit(jobs.kill_self)
+    futures += [ex.submit(jobs.sleep_return, 0.2, i) for i in range(3, 7)]
+    assert [f.result(ANSWER_WITHIN) for f in futures] == list(range(7))
+    with pytest.raises(WorkerDiedError):
+        crash.result(ANSWER_WITHIN)
+
+
 def test_sidecar_death_fails_pending_jobs(make_executor: MakeExecutor, tmp_path: Path) -> None:
     ex = make_executor(1, restart=False)
     fut = ex.submit(jobs.block_until, str(tmp_path / "started"), str(tmp_path / "gate"), 1)
