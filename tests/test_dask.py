@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import jobs
@@ -42,7 +43,7 @@ from test_executor import (
     test_unpicklable_argument_fails_only_its_job,
 )
 
-from subproc_executor import SubprocExecutor, WorkerDiedError
+from subproc_executor import BrokenSubprocExecutor, SidecarDiedError, SubprocExecutor, WorkerDiedError
 
 pytest.importorskip("distributed")
 
@@ -211,73 +212,125 @@ def _block_first(i: int, started: str, gate: str) -> int:
     return i * i
 
 
-@pytest.mark.timeout(120)
-def test_a_real_scheduler_survives_a_killed_worker(tmp_path: Path) -> None:
-    """A worker killed mid-job: the scheduler (allowed-failures 3, Dask's
-    default) runs the job again elsewhere, and every result arrives."""
-    from distributed import Client
+class DaskCluster:
+    """A scheduler and workers as separate processes on 127.0.0.1, as a user runs them."""
 
-    env = dict(os.environ)
-    here = Path(__file__).resolve().parent
-    env["PYTHONPATH"] = os.pathsep.join([str(here.parent), str(here), env.get("PYTHONPATH", "")])
-    scheduler_file = tmp_path / "scheduler.json"
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        procs.append(
-            _spawn(
-                [
-                    "distributed.cli.dask_scheduler",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--no-dashboard",
-                    "--scheduler-file",
-                    str(scheduler_file),
-                ],
-                env,
-            )
+    def __init__(self, tmp_path: Path) -> None:
+        self.env = dict(os.environ)
+        here = Path(__file__).resolve().parent
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            [str(here.parent), str(here), self.env.get("PYTHONPATH", "")]
         )
-        assert jobs.wait_for_path(scheduler_file, ANSWER_WITHIN)
-        for _ in range(2):
-            procs.append(
+        self.scheduler_file = tmp_path / "scheduler.json"
+        self.scheduler: subprocess.Popen[bytes] | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, workers: int) -> str:
+        """Start the scheduler and ``workers`` workers; the scheduler's address."""
+        from distributed import Client
+
+        self.scheduler = _spawn(
+            [
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(self.scheduler_file),
+            ],
+            self.env,
+        )
+        self.procs.append(self.scheduler)
+        assert jobs.wait_for_path(self.scheduler_file, ANSWER_WITHIN)
+        for _ in range(workers):
+            self.procs.append(
                 _spawn(
                     [
                         "distributed.cli.dask_worker",
                         "--scheduler-file",
-                        str(scheduler_file),
+                        str(self.scheduler_file),
                         "--nthreads",
                         "1",
                         "--host",
                         "127.0.0.1",
                         "--no-dashboard",
                     ],
-                    env,
+                    self.env,
                 )
             )
-        with Client(scheduler_file=str(scheduler_file), timeout=ANSWER_WITHIN) as client:
-            client.wait_for_workers(2, timeout=ANSWER_WITHIN)
-            address = client.scheduler.address
-        started, gate = tmp_path / "started", tmp_path / "gate"
-        with SubprocExecutor(2, backend="dask", backend_options={"address": address}) as ex:
-            results = ex.map(_block_first, range(8), [str(started)] * 8, [str(gate)] * 8)
-            deadline = time.monotonic() + ANSWER_WITHIN
-            while not list(tmp_path.glob("started.*")) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            (first,) = tmp_path.glob("started.*")
-            victim = int(first.suffix[1:])
-            os.kill(victim, signal.SIGKILL)
-            # Dask runs the job again, on the other worker or the restarted one.
-            while len(list(tmp_path.glob("started.*"))) < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            gate.touch()
-            assert list(results) == [i * i for i in range(8)]
-            assert len(list(tmp_path.glob("started.*"))) == 2
-    finally:
-        for proc in procs:
+        with Client(scheduler_file=str(self.scheduler_file), timeout=ANSWER_WITHIN) as client:
+            client.wait_for_workers(workers, timeout=ANSWER_WITHIN)
+            return str(client.scheduler.address)
+
+    def stop(self) -> None:
+        for proc in self.procs:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             proc.wait(FAIL_WITHIN)
-    assert not wait_gone({p.pid for p in procs}), "a Dask process was left behind"
+        assert not wait_gone({p.pid for p in self.procs}), "a Dask process was left behind"
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path) -> Iterator[DaskCluster]:
+    cluster = DaskCluster(tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _wait_for_glob(folder: Path, pattern: str, count: int) -> list[Path]:
+    deadline = time.monotonic() + ANSWER_WITHIN
+    while len(found := list(folder.glob(pattern))) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_a_real_scheduler_survives_a_killed_worker(tmp_path: Path, dask_cluster: DaskCluster) -> None:
+    """A worker killed mid-job: the scheduler (allowed-failures 3, Dask's
+    default) runs the job again elsewhere, and every result arrives."""
+    address = dask_cluster.start(workers=2)
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    with SubprocExecutor(2, backend="dask", backend_options={"address": address}) as ex:
+        results = ex.map(_block_first, range(8), [str(started)] * 8, [str(gate)] * 8)
+        (first,) = _wait_for_glob(tmp_path, "started.*", 1)
+        os.kill(int(first.suffix[1:]), signal.SIGKILL)
+        # Dask runs the job again, on the other worker or the restarted one.
+        assert len(_wait_for_glob(tmp_path, "started.*", 2)) == 2
+        gate.touch()
+        assert list(results) == [i * i for i in range(8)]
+        assert len(list(tmp_path.glob("started.*"))) == 2
+
+
+@pytest.mark.timeout(120)
+def test_losing_the_scheduler_fails_pending_jobs_and_never_hangs(
+    tmp_path: Path, dask_cluster: DaskCluster
+) -> None:
+    """The scheduler dies with a job running and another waiting: both fail
+    (within connect_timeout and the sidecar's exit, not never), and so does
+    what is submitted next, with a message naming the scheduler."""
+    address = dask_cluster.start(workers=1)
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    ex = SubprocExecutor(
+        1, backend="dask", backend_options={"address": address, "connect_timeout": 2}, restart=False
+    )
+    try:
+        running = ex.submit(_block_first, 0, str(started), str(gate))
+        waiting = ex.submit(jobs.square, 3)
+        _wait_for_glob(tmp_path, "started.*", 1)
+        assert dask_cluster.scheduler is not None
+        os.killpg(dask_cluster.scheduler.pid, signal.SIGKILL)
+        for fut in (running, waiting):
+            with pytest.raises(BrokenProcessPool) as info:
+                fut.result(ANSWER_WITHIN)
+            assert isinstance(info.value, (SidecarDiedError, BrokenSubprocExecutor)), info.value
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(jobs.square, 4).result(ANSWER_WITHIN)
+    finally:
+        gate.touch()
+        ex.shutdown(wait=True, cancel_futures=True)
