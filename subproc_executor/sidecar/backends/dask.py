@@ -2,6 +2,7 @@
 
     sidecar main thread                 Dask scheduler                Dask workers
     submit(ids, payloads, on_done)
+      held until a worker thread is free (at most one batch in Dask per thread)
       client.submit(remote.run_batch,   --> a task per batch -------> worker.remote.run_batch
         pickler, initializer,                (pure=False, retries=0)     initializer once per process
         ids, [job bytes])                                                job.run_batch -> [outcome bytes]
@@ -31,6 +32,7 @@ import os
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import CancelledError
 
@@ -127,6 +129,10 @@ class DaskBackend:
         # Every submitted task, yielded with its result once it ends.
         self._completed: Any = None
         self._collector: threading.Thread | None = None
+        # Batches not yet handed to Dask, and how many may be in Dask at once:
+        # the cluster's worker threads (see _pump_locked).
+        self._held: deque[tuple[list[int], list[bytes], OnDone]] = deque()
+        self._slots = max(1, config.max_workers)
 
     # -- the Backend protocol ------------------------------------------------------------
 
@@ -139,6 +145,7 @@ class DaskBackend:
             self._client = Client(
                 self._address, security=security, timeout=self._timeout, set_as_default=False
             )
+            self._count_slots()
             return
         # Read when the scheduler is made; this process makes no other.
         dask.config.set({"distributed.scheduler.allowed-failures": self._allowed_failures})
@@ -158,20 +165,36 @@ class DaskBackend:
         assert client is not None
         if client.status != "running":
             raise ConnectionError(f"the Dask client is {client.status}: {self._where()}")
-        ids = list(job_ids)
-        key = f"subproc_executor-{ids[0]}-{uuid.uuid4().hex}"
-        cfg = self._config
-        future = client.submit(
-            remote.run_batch,
-            cfg.pickler,
-            cfg.initializer,
-            ids,
-            list(payloads),
-            key=key,
-            pure=False,
-            retries=0,
-        )
         with self._lock:
+            self._held.append((list(job_ids), list(payloads), on_done))
+            self._pump_locked(client)
+
+    def _pump_locked(self, client: Client, *, all_held: bool = False) -> None:
+        """Hand held batches to Dask while a worker thread is free for each (lock held).
+
+        Never more: Dask assigns a task to a worker at once, and a worker's
+        death counts against every task assigned to it, the ones waiting
+        there behind the one that ran too. Held here, an innocent batch is
+        never on a worker that a crashing job kills. ``all_held``: a drain
+        (quiesce, shutdown) hands everything over."""
+        while self._held and (all_held or len(self._pending) < self._slots):
+            ids, payloads, on_done = self._held.popleft()
+            key = f"subproc_executor-{ids[0]}-{uuid.uuid4().hex}"
+            cfg = self._config
+            try:
+                future = client.submit(
+                    remote.run_batch,
+                    cfg.pickler,
+                    cfg.initializer,
+                    ids,
+                    payloads,
+                    key=key,
+                    pure=False,
+                    retries=0,
+                )
+            except Exception as exc:  # the client is closing: the batch is reported, never lost
+                on_done(exc)
+                continue
             # Under the lock the collector reports under: it cannot see the
             # task end before it is pending.
             self._pending[key] = (future, on_done, ids)
@@ -199,6 +222,20 @@ class DaskBackend:
         # (KilledWorker): there is no broken pool to notice.
         return dict.fromkeys(self.worker_pids())
 
+    def _count_slots(self) -> None:
+        """A cluster of yours: as many batches in Dask as its workers have threads
+        (``max_workers`` while none has joined yet)."""
+        client = self._client
+        if client is None or self._address is None:
+            return
+        try:
+            threads = sum(client.nthreads().values())
+        except Exception:
+            logger.warning("could not ask the Dask scheduler for its workers' threads", exc_info=True)
+            return
+        with self._lock:
+            self._slots = max(1, threads or self._config.max_workers)
+
     def quiesce(self) -> None:
         self._close(kill=False)
 
@@ -217,6 +254,7 @@ class DaskBackend:
                 f"lost the Dask scheduler ({self._where()}) and could not reconnect within "
                 f"{self._timeout:g}s; check that it runs, or raise backend_options['connect_timeout']"
             )
+        self._count_slots()
 
     def shutdown(self, *, kill: bool) -> None:
         self._close(kill=kill)
@@ -228,7 +266,14 @@ class DaskBackend:
         self._client, self._cluster = None, None
         with self._lock:
             self._closing = kill
+            held = list(self._held) if kill or client is None else []
+            if kill or client is None:
+                self._held.clear()
+            elif client is not None:
+                self._pump_locked(client, all_held=True)
             futures = [f for f, _, _ in self._pending.values()]
+        for ids, _, on_done in held:
+            on_done(CancelledError(f"the Dask backend shut down before jobs {ids} were handed to Dask"))
         if client is not None and futures:
             if kill:
                 try:
@@ -273,6 +318,12 @@ class DaskBackend:
         """A task ended (collector thread): report its batch once. Never raises."""
         with self._lock:
             entry = self._pending.pop(str(future.key), None)
+            client = self._client
+            if client is not None and self._held:
+                try:
+                    self._pump_locked(client)  # a thread came free
+                except Exception:
+                    logger.exception("handing held jobs to Dask failed")
             if not self._pending:
                 self._drained.notify_all()
             closing = self._closing
