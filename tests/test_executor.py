@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures as cf
 import multiprocessing
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -361,6 +362,54 @@ def test_functions_and_classes_from_main_work(variant: tuple[str, str | None], t
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[2, 4, 7]"
+
+
+def _local_function_factory() -> object:
+    def local(x: int) -> int:
+        return x
+
+    return local
+
+
+def test_needs_value_is_asked_once_per_function_and_only_of_functions() -> None:
+    """A script's own function (or a lambda, a closure) goes straight to
+    cloudpickle: its job is pickled once per submit, not twice."""
+    import functools
+
+    from subproc_executor.worker import pickling
+
+    main_fn = _local_function_factory()
+    main_fn.__module__, main_fn.__qualname__ = "__main__", "double"  # as in a script
+    assert pickling.needs_value(main_fn) is True
+    assert pickling.needs_value(lambda: 1) is True
+    assert pickling.needs_value(_local_function_factory()) is True
+    assert pickling.needs_value(jobs.square) is False
+    # Not a plain function: the usual attempt decides (a partial may hold big arguments).
+    assert pickling.needs_value(functools.partial(jobs.square, 2)) is False
+    assert pickling._by_value.get(main_fn) is True and pickling._by_value.get(jobs.square) is False
+
+    made: list[list[bytes]] = []
+
+    class ListSink:
+        def __init__(self) -> None:
+            self.parts: list[bytes] = []
+            made.append(self.parts)
+
+        def write(self, data: object) -> int:
+            self.parts.append(bytes(data))  # type: ignore[call-overload]
+            return len(self.parts[-1])
+
+        def discard(self) -> None:
+            self.parts.clear()
+
+    job = (main_fn, (3,), {})
+    sink = pickling.dump_into(pickling.HybridPickler, job, ListSink, by_value=True)
+    assert len(made) == 1  # no plain attempt thrown away
+    fn, args, _ = pickle.loads(b"".join(sink.parts))
+    assert fn(*args) == 3
+    made.clear()
+    pickling.dump_into(pickling.HybridPickler, job, ListSink)
+    assert len(made) == 2  # without the hint: a plain attempt, then cloudpickle
 
 
 # -- pluggable pickler ---------------------------------------------------------------

@@ -39,7 +39,7 @@ from concurrent.futures import wait as wait_all
 from ..wire.messages import SIDECAR_PID_ENV
 from ..wire.protocol import MessageKind
 from ..worker.job import call_chunk
-from ..worker.pickling import dump_into
+from ..worker.pickling import dump_into, needs_value
 from .mapping import map_chunks
 from .settings import DEFAULT_SHM_THRESHOLD, JobOptions, make_options, make_settings
 from .spawn import sidecar_env
@@ -211,13 +211,18 @@ class SubprocExecutor(Executor):
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        by_value: bool | None = None,
     ) -> Future[Any]:
+        """``by_value``: whether the job's function needs cloudpickle, if the
+        caller knows (``map`` asks once for all its chunks); else asked here."""
         segment = None
         try:
             if self._shm_threshold is None:
                 payload = self._pickler.dumps((fn, args, kwargs))
             else:
-                sink = dump_into(self._pickler, (fn, args, kwargs), self._core.new_job_sink)
+                if by_value is None:
+                    by_value = needs_value(fn)
+                sink = dump_into(self._pickler, (fn, args, kwargs), self._core.new_job_sink, by_value)
                 payload, segment = sink.close()
         except (Exception, SystemExit) as exc:  # a __reduce__ may raise anything; the job fails alone
             return self._core.fail_unpicklable(exc)
@@ -248,8 +253,9 @@ class SubprocExecutor(Executor):
         class (or ``functools.partial(tqdm, file=...)``) may be passed instead.
         The bar closes when map's iterator ends, raises or is dropped.
         """
+        by_value = needs_value(fn)  # once, not once per chunk
         return map_chunks(
-            lambda options, chunk: self._submit(options, call_chunk, (fn, chunk), {}),
+            lambda options, chunk: self._submit(options, call_chunk, (fn, chunk), {}, by_value),
             self._options,
             fn,
             iterables,
@@ -346,11 +352,12 @@ class JobOptionsExecutor(Executor):
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        by_value: bool | None = None,
     ) -> Future[Any]:
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            fut = self._executor._submit(options, fn, args, kwargs)
+            fut = self._executor._submit(options, fn, args, kwargs, by_value)
             self._futures.add(fut)
         fut.add_done_callback(self._forget)
         return fut
@@ -371,8 +378,9 @@ class JobOptionsExecutor(Executor):
         buffersize: int | None = None,
         progress: object = False,
     ) -> Iterator[T]:
+        by_value = needs_value(fn)  # once, not once per chunk
         return map_chunks(
-            lambda options, chunk: self._submit_tracked(options, call_chunk, (fn, chunk), {}),
+            lambda options, chunk: self._submit_tracked(options, call_chunk, (fn, chunk), {}, by_value),
             self.job_options,
             fn,
             iterables,

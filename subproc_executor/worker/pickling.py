@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import types
+import weakref
 from collections.abc import Callable
 
 # typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
@@ -33,6 +35,7 @@ __all__ = [
     "Pickler",
     "Sink",
     "dump_into",
+    "needs_value",
     "pickler_name",
     "resolve_pickler",
 ]
@@ -104,27 +107,33 @@ class _MainScan:
         return self.sink.write(data)
 
 
-def dump_into(pickler: Pickler, obj: object, new_sink: Callable[[], S]) -> S:
+def dump_into(pickler: Pickler, obj: object, new_sink: Callable[[], S], by_value: bool = False) -> S:
     """Pickle ``obj`` into a sink from ``new_sink`` and return the sink.
 
     The default pickler streams (see ``wire.shm.Sink``): a big payload is
     copied once. Any other pickler's ``dumps`` result is written in one go.
-    Exceptions propagate, with every sink made discarded.
+    ``by_value``: the caller knows plain pickle will not do (``needs_value``
+    of the job's function), so cloudpickle is used at once instead of after
+    a failed or ``__main__``-referencing attempt. Exceptions propagate, with
+    every sink made discarded.
     """
     sink = new_sink()
     try:
         if pickler is not HybridPickler:
             sink.write(pickler.dumps(obj))
             return sink
-        scan = _MainScan(sink)
-        try:
-            pickle.Pickler(scan, _PROTOCOL).dump(obj)
-            by_value = scan.saw_main
-        except Exception:
-            by_value = True  # lambdas, closures, local and interactively defined objects
+        tried_plain = not by_value
+        if tried_plain:
+            scan = _MainScan(sink)
+            try:
+                pickle.Pickler(scan, _PROTOCOL).dump(obj)
+                by_value = scan.saw_main
+            except Exception:
+                by_value = True  # lambdas, closures, local and interactively defined objects
         if by_value:
-            sink.discard()
-            sink = new_sink()
+            if tried_plain:
+                sink.discard()
+                sink = new_sink()
             import cloudpickle
 
             cloudpickle.Pickler(sink, _PROTOCOL).dump(obj)
@@ -132,6 +141,32 @@ def dump_into(pickler: Pickler, obj: object, new_sink: Callable[[], S]) -> S:
         sink.discard()
         raise
     return sink
+
+
+# {function: whether plain pickle cannot send it by reference}: defined in
+# __main__ (a script, a notebook), a lambda, a closure, a local function.
+# Weakly keyed: a function the user drops is forgotten.
+_by_value: weakref.WeakKeyDictionary[object, bool] = weakref.WeakKeyDictionary()
+
+
+def needs_value(fn: object) -> bool:
+    """Whether a job calling ``fn`` must go by cloudpickle: found once per
+    function (a pickle of the function alone, by reference: a few bytes), then
+    remembered, so a script's own function is not pickled twice per submit.
+    Only plain functions are looked at; anything else (a partial holding big
+    arguments, say) goes the usual way, with its own attempt."""
+    if type(fn) is not types.FunctionType:
+        return False
+    try:
+        return _by_value[fn]
+    except KeyError:
+        pass
+    try:
+        result = _MAIN_MARK in pickle.dumps(fn, _PROTOCOL)
+    except Exception:
+        result = True
+    _by_value[fn] = result
+    return result
 
 
 def _cloudpickle_dumps(obj: object) -> bytes:
