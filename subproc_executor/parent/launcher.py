@@ -13,6 +13,11 @@ It knows frames and processes, not jobs: the executor gives it callbacks.
 A little over 450 lines as one piece: start-up, the reader, the output copy
 and ``_finish`` share the pipes and their closing order (the start-up
 choices themselves live in ``spawn``).
+
+One module, over 450 lines: the Popen, the pipes, the reader thread's
+selector, the stderr copy and the exit detection all end together, and the
+order in which they are closed is what makes a dead sidecar read as EOF
+exactly once; apart, that order would be spread over modules.
 """
 
 from __future__ import annotations

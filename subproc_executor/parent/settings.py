@@ -10,6 +10,13 @@ method it resolved to) in ``messages.SidecarSettings`` and decides nothing.
 Backends are named by string so the parent never imports one: a built-in
 name, a name registered in the ``subproc_executor.backends`` entry point
 group, or a "module:attr" path of a backend factory.
+
+One module, over 450 lines: every rule here is checked against the same
+backend table (BUILTIN_BACKENDS), and a rule on one argument often depends on
+another (a start method and max_tasks_per_child, limits and the backend's
+stops_one_job, backend_options and its accepted keys); split, each piece
+would import the table and the others' results. To split next: the backend
+table and check_backend into parent/backends.py.
 """
 
 from __future__ import annotations

@@ -19,8 +19,10 @@ caller) and written after it. The reader thread never waits for the sidecar
 to read: what it sends (a refill, a callback's submit, SHUTDOWN) goes out as
 far as the pipe takes it and the writer's helper thread does the rest.
 
-One module, over 450 lines: every method here reads or changes the same
-state under the same lock (table, state, current sidecar, retry timer), and
+One module, over 450 lines (now near 900: progress dispatch and the stops of
+cancel_running joined it; the next split is the lifecycle paths, lost
+sidecar / retry / break, into parent/lifecycle.py): every method here reads
+or changes the same state under the same lock (table, state, current sidecar, retry timer), and
 each lifecycle path (a frame, a lost sidecar, a retry, a break, a shutdown,
 a fork) must be read against all the others to see that every future ends.
 The pieces without that lock live apart: the table (``jobtable``), the

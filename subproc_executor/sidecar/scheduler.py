@@ -30,6 +30,11 @@ or memory limit passed) carry the error they fail with. The loop kills the
 worker running one; when that worker's batch fails, the job fails with its
 error and never reruns, and the other jobs of the batch (never started, or
 started after the kill was decided) are requeued without counting a crash.
+
+One module, over 450 lines: waiting jobs, batches, start records, crash
+judgement and stops on purpose all change the same job records under one
+lock, and a failed batch is judged against all of them at once. To split
+next: the kill/deadline/memory state into the JobWatch side (limits.py).
 """
 
 from __future__ import annotations

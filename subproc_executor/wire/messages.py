@@ -27,6 +27,11 @@ that no process module has to import another's code to read them:
   pickled ``ErrorRecord``.
 
 ``docs/protocol.md`` documents every schema.
+
+One module, over 450 lines: a table of records that share their JSON
+validators (``_JsonRecord`` and the field checkers); what varies is the
+schema. To split next: the per-job control records (JobLimits, LimitedJob,
+Kill) into wire/limits.py.
 """
 
 from __future__ import annotations
