@@ -255,7 +255,7 @@ LAYERS: dict[str, Layer] = {
         why="map(progress=True): the tqdm bar and what feeds it",
     ),
     "parent.mapping": _layer(
-        "parent.mapbar parent.settings parent.progress",
+        "parent.mapbar parent.settings parent.progress worker.job worker.pickling",
         f"os subprocess selectors {_NO_LOKY}",
         why="map's chunks, buffersize, result order and progress bar",
     ),

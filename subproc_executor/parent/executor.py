@@ -38,7 +38,6 @@ from concurrent.futures import wait as wait_all
 
 from ..wire.messages import SIDECAR_PID_ENV
 from ..wire.protocol import MessageKind
-from ..worker.job import call_chunk
 from ..worker.pickling import dump_into, needs_value
 from .mapping import map_chunks
 from .settings import DEFAULT_SHM_THRESHOLD, JobOptions, make_options, make_settings
@@ -253,9 +252,8 @@ class SubprocExecutor(Executor):
         class (or ``functools.partial(tqdm, file=...)``) may be passed instead.
         The bar closes when map's iterator ends, raises or is dropped.
         """
-        by_value = needs_value(fn)  # once, not once per chunk
         return map_chunks(
-            lambda options, chunk: self._submit(options, call_chunk, (fn, chunk), {}, by_value),
+            self._submit,
             self._options,
             fn,
             iterables,
@@ -378,9 +376,8 @@ class JobOptionsExecutor(Executor):
         buffersize: int | None = None,
         progress: object = False,
     ) -> Iterator[T]:
-        by_value = needs_value(fn)  # once, not once per chunk
         return map_chunks(
-            lambda options, chunk: self._submit_tracked(options, call_chunk, (fn, chunk), {}, by_value),
+            self._submit_tracked,
             self.job_options,
             fn,
             iterables,

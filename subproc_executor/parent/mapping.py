@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 
+from ..worker.job import call_chunk
+from ..worker.pickling import needs_value
 from .mapbar import MapBar
 from .settings import JobOptions
 
@@ -37,13 +39,17 @@ if TYPE_CHECKING:
 
     T = TypeVar("T")
     Chunk = tuple[tuple[Any, ...], ...]
+    # The executor's (or view's) submit: options, function, args, kwargs, by_value.
+    SubmitJob = Callable[
+        [JobOptions | None, Callable[..., Any], tuple[Any, ...], dict[str, Any], bool], Future[Any]
+    ]
     SubmitChunk = Callable[[JobOptions | None, Chunk], Future[list[Any]]]
 
 __all__ = ["map_chunks"]
 
 
 def map_chunks(
-    submit: SubmitChunk,
+    submit_job: SubmitJob,
     options: JobOptions | None,
     fn: Callable[..., Any],
     iterables: tuple[Iterable[Any], ...],
@@ -52,7 +58,7 @@ def map_chunks(
     buffersize: int | None,
     progress: object = False,
 ) -> Iterator[Any]:
-    """``map`` over ``submit(options, chunk)``: every chunk submitted now, or,
+    """``map`` over ``submit_job``, a job per chunk: every chunk submitted now, or,
     with ``buffersize``, the first ``buffersize`` now and the rest as results
     are consumed. Either way the submitting happens in this call, as the
     stdlib's does, so ``timeout`` counts from here and a closed executor
@@ -65,6 +71,11 @@ def map_chunks(
         if buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
     end_time = None if timeout is None else timeout + time.monotonic()
+    by_value = needs_value(fn)  # once, not once per chunk
+
+    def submit(options: JobOptions | None, chunk: Chunk) -> Future[list[Any]]:
+        return submit_job(options, call_chunk, (fn, chunk), {}, by_value)
+
     bar: MapBar | None = None
     if progress is not False and progress is not None:
         bar = MapBar.open(progress, _total(iterables), f"map({getattr(fn, '__qualname__', 'fn')})")

@@ -81,20 +81,8 @@ def reports_for(
             job = inflight.get(record.job_id)
             if job is None or job.on_progress is None:
                 continue
-            calls.append(
-                (
-                    job.on_progress,
-                    ProgressReport(
-                        job.future,
-                        record.job_id,
-                        record.pid,
-                        record.done,
-                        record.total,
-                        record.message,
-                        record.elapsed,
-                    ),
-                )
-            )
+            # The record's fields, in the same order, after the future.
+            calls.append((job.on_progress, ProgressReport(job.future, *record)))
     except ProtocolError as exc:
         logger.warning("ignoring the rest of a malformed PROGRESS frame: %s", exc)
     return calls
