@@ -336,6 +336,131 @@ def test_keyboard_interrupt_during_a_big_submit_leaves_the_executor_usable(
     assert _shutdown_returns(ex, kill), "shutdown() hung after an interrupted submit()"
 
 
+@PROCESS_AND_PIPES
+@pytest.mark.timeout(90)
+def test_keyboard_interrupts_at_random_moments_of_submit_lose_no_job(
+    make_executor: MakeExecutor, kill: Kill
+) -> None:
+    """Ctrl-C may land between any two bytecodes of submit(): CPython runs the handler in
+    the main thread even when another thread received the signal. Submits of every size
+    under a rain of interrupts, sent to either thread: each submit that returned a future
+    sees it complete with the right result (none stays in flight with no frame sent, and
+    the stream to the sidecar stays framed); later jobs run; shutdown() returns."""
+    import random
+
+    ex = make_executor(2, shm_threshold=None)
+    assert ex.submit(jobs.square, 2).result(timeout=ANSWER_WITHIN) == 4
+    rnd = random.Random(os.getpid())
+    armed = [False]
+    landed = [0]
+
+    def on_signal(signum: int, frame: object) -> None:
+        if armed[0]:  # once per arming: the test's own except clause is never hit
+            armed[0] = False
+            raise KeyboardInterrupt("Ctrl-C during submit()")
+
+    stop = threading.Event()
+
+    def rain() -> None:
+        me = threading.get_ident()
+        main = threading.main_thread().ident
+        assert main is not None
+        while not stop.is_set():
+            stop.wait(rnd.random() * 0.002)
+            signal.pthread_kill(main if rnd.random() < 0.3 else me, signal.SIGUSR1)
+
+    sizes = [rnd.choice([0, 100, 70_000, 1 << 20]) for _ in range(400)]
+    returned: list[tuple[cf.Future[int], int]] = []
+    old = signal.signal(signal.SIGUSR1, on_signal)
+    kicker = threading.Thread(target=rain, name="test-interrupter", daemon=True)
+    with _unwedged(ex, kill):
+        kicker.start()
+        try:
+            i = 0
+            while i < len(sizes):
+                try:
+                    armed[0] = True
+                    while i < len(sizes):
+                        size = sizes[i]
+                        i += 1
+                        returned.append((ex.submit(jobs.length, b"s" * size), size))
+                    armed[0] = False
+                except KeyboardInterrupt:
+                    landed[0] += 1
+        finally:
+            stop.set()
+            kicker.join(ANSWER_WITHIN)
+            armed[0] = False
+            signal.signal(signal.SIGUSR1, old)
+        assert landed[0], "no interrupt landed during the submits: nothing was tested"
+        _, not_done = cf.wait([f for f, _ in returned], timeout=2 * FAIL_WITHIN)
+        assert not not_done, f"{len(not_done)} of {len(returned)} returned futures never completed"
+        assert [f.result(timeout=0) for f, _ in returned] == [size for _, size in returned]
+        assert ex.submit(jobs.square, 7).result(timeout=FAIL_WITHIN) == 49
+    assert _shutdown_returns(ex, kill), "shutdown() hung: a job interrupted in submit() stayed in flight"
+
+
+def _interrupt_at_line(k: int) -> Callable[..., Any]:
+    """A trace function that raises SIGUSR1 at the ``k``-th line the library's code runs
+    (the handler then runs right there, as it would between two bytecodes)."""
+    count = [0]
+
+    def trace(frame: Any, event: str, arg: object) -> Any:
+        if "subproc_executor" not in frame.f_code.co_filename:
+            return None
+        if event == "line":
+            count[0] += 1
+            if count[0] == k:
+                signal.raise_signal(signal.SIGUSR1)
+        return trace
+
+    trace.count = count  # type: ignore[attr-defined]
+    return trace
+
+
+@ONLY_PROCESS_FORK
+@pytest.mark.timeout(120)
+def test_an_interrupt_at_every_line_of_submit_strands_no_job(make_executor: MakeExecutor, kill: Kill) -> None:
+    """The exhaustive form of the test above: KeyboardInterrupt at the 1st, 2nd, ... line
+    that submit() runs, one submit each, until a submit runs to its end without one. Each
+    interrupted submit either created no job or one that completes; every returned
+    future completes; shutdown() returns (no job stays in flight unsent)."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("Ctrl-C during submit()")
+
+    ex = make_executor(1)
+    assert ex.submit(jobs.square, 2).result(timeout=ANSWER_WITHIN) == 4
+    returned: list[tuple[cf.Future[int], int]] = []
+    interrupted = 0
+    old = signal.signal(signal.SIGUSR1, on_signal)
+    with _unwedged(ex, kill):
+        try:
+            for k in range(1, 2000):
+                tracer = _interrupt_at_line(k)
+                sys.settrace(tracer)
+                try:
+                    fut = ex.submit(jobs.square, k)
+                except KeyboardInterrupt:
+                    interrupted += 1
+                    continue
+                finally:
+                    sys.settrace(None)
+                returned.append((fut, k * k))
+                if tracer.count[0] < k:  # type: ignore[attr-defined]
+                    break  # the whole submit ran before line k: every line was tried
+        finally:
+            signal.signal(signal.SIGUSR1, old)
+        assert interrupted > 10, f"only {interrupted} submits were interrupted: nothing much was tested"
+        _, not_done = cf.wait([f for f, _ in returned], timeout=2 * FAIL_WITHIN)
+        assert not not_done, (
+            f"{len(not_done)} of {len(returned)} returned futures never completed; k={k} {ex.statistics()}"
+        )
+        assert [f.result(timeout=0) for f, _ in returned] == [v for _, v in returned]
+        assert ex.submit(jobs.square, 7).result(timeout=FAIL_WITHIN) == 49
+    assert _shutdown_returns(ex, kill), "shutdown() hung: a job interrupted in submit() stayed in flight"
+
+
 def _executor_in(make_executor: MakeExecutor, home: Path, monkeypatch: pytest.MonkeyPatch) -> SubprocExecutor:
     """An executor created with ``home`` as working directory (so its sidecars start there)."""
     home.mkdir()

@@ -146,7 +146,10 @@ def _layer(may_import: str = "", never_external: str = "", why: str = "") -> Lay
 # Only backends/loky.py imports loky (the optional pool stays optional).
 _NO_LOKY = "loky"
 
-_WIRE = "wire wire.protocol wire.messages wire.progress wire.transport wire.fdtools wire.shm wire.record"
+_WIRE = (
+    "wire wire.protocol wire.messages wire.progress wire.transport wire.fdtools wire.shm wire.record "
+    "wire.sigdefer"
+)
 _WORKER = "worker worker.job worker.pickling worker.progress"
 
 LAYERS: dict[str, Layer] = {
@@ -166,8 +169,12 @@ LAYERS: dict[str, Layer] = {
         f"os threading subprocess {_NO_LOKY}",
         why="typed payloads of every control frame, start records and outcome bytes; pure",
     ),
+    "wire.sigdefer": _layer(
+        never_external=f"os pickle subprocess {_NO_LOKY}",
+        why="Python signal handlers held back over the main thread's critical sections",
+    ),
     "wire.transport": _layer(
-        "wire.protocol",
+        "wire.protocol wire.sigdefer",
         f"pickle concurrent.futures {_NO_LOKY}",
         why="frames over descriptors; knows frames, not jobs",
     ),
@@ -264,8 +271,9 @@ LAYERS: dict[str, Layer] = {
         why="resolves futures with done-callbacks on threads that never read a pipe",
     ),
     "parent.supervisor": _layer(
-        "errors stats wire.messages wire.protocol wire.shm wire.transport parent.outcome parent.jobtable "
-        "parent.launcher parent.settings parent.delivery parent.stoppable parent.progress parent.timings",
+        "errors stats wire.messages wire.protocol wire.shm wire.sigdefer wire.transport parent.outcome "
+        "parent.jobtable parent.launcher parent.settings parent.delivery parent.stoppable parent.progress "
+        "parent.timings",
         _NO_LOKY,
         why="the job table, the current sidecar and the frames between them",
     ),

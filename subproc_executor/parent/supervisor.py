@@ -66,6 +66,7 @@ from ..errors import BrokenSubprocExecutor, InitializerFailedError, ProtocolErro
 from ..wire import shm
 from ..wire.messages import Hello, Init, JobErrorKind, Kill, Shutdown, Status, Workers
 from ..wire.protocol import Frame, MessageKind
+from ..wire.sigdefer import deferred
 from ..wire.transport import PipeClosed
 from . import outcome, progress
 from .delivery import Deliverer
@@ -242,48 +243,54 @@ class Supervisor:
         stops it while it runs.
 
         If no sidecar can be started, raises BrokenSubprocExecutor and queues
-        nothing: a job its caller was told failed never runs later.
+        nothing: a job its caller was told failed never runs later. A signal
+        handler that raises during the call (Ctrl-C) raises either before the
+        job exists or after it is queued; then it runs, unseen by the caller.
         """
         submitted = time.monotonic()
         stoppable = options is not None and options.cancel_running
         fut: Future[Any] = StoppableFuture() if stoppable else Future()
-        with self.lock:
-            self.check_open_locked()
-            if self.sidecar is None and self._retry is None:
-                try:
-                    self.ensure_sidecar_locked()
-                except Exception as exc:
-                    reason = self._start_failed_locked(exc)
-                    broken = True
+        # Ctrl-C (any Python signal handler) raises before the job exists or once it is
+        # queued and the writer's state is whole: never in between, which would leave
+        # a job the table counts in flight that no frame carries (see wire.sigdefer).
+        with deferred():
+            with self.lock:
+                self.check_open_locked()
+                if self.sidecar is None and self._retry is None:
+                    try:
+                        self.ensure_sidecar_locked()
+                    except Exception as exc:
+                        reason = self._start_failed_locked(exc)
+                        broken = True
+                    else:
+                        broken = False
+                    if broken:
+                        pending = self._break_locked(reason)
+                        self._fail_broken(pending, reason)
+                        raise reason
+                job_id = self.table.new_id()
+                if isinstance(fut, StoppableFuture):
+                    fut.bind(functools.partial(self.stop_job, job_id))
+                if options is None:
+                    job = Job(job_id, fut, payload, segment=segment, submitted=submitted)
                 else:
-                    broken = False
-                if broken:
-                    pending = self._break_locked(reason)
-                    self._fail_broken(pending, reason)
-                    raise reason
-            job_id = self.table.new_id()
-            if isinstance(fut, StoppableFuture):
-                fut.bind(functools.partial(self.stop_job, job_id))
-            if options is None:
-                job = Job(job_id, fut, payload, segment=segment, submitted=submitted)
-            else:
-                job = Job(
-                    job_id,
-                    fut,
-                    payload,
-                    segment=segment,
-                    limits=options.limits_head,
-                    submitted=submitted,
-                    on_progress=options.on_progress,
-                )
-            self.table.enqueue(job)
-            sidecar = self.sidecar
-            if sidecar is not None and job.on_progress is not None and not sidecar.progress_watched:
-                self._watch_progress_locked(sidecar)
+                    job = Job(
+                        job_id,
+                        fut,
+                        payload,
+                        segment=segment,
+                        limits=options.limits_head,
+                        submitted=submitted,
+                        on_progress=options.on_progress,
+                    )
+                self.table.enqueue(job)
+                sidecar = self.sidecar
+                if sidecar is not None and job.on_progress is not None and not sidecar.progress_watched:
+                    self._watch_progress_locked(sidecar)
+                if sidecar is not None:
+                    self._queue_locked(sidecar, self.table.take_sendable())
             if sidecar is not None:
-                self._queue_locked(sidecar, self.table.take_sendable())
-        if sidecar is not None:
-            self._flush(sidecar)
+                self._flush(sidecar)
         return fut
 
     def stop_job(self, job_id: int) -> None:
@@ -330,18 +337,19 @@ class Supervisor:
         (an options() view's shutdown(cancel_futures=True)), telling their
         waiters at once, as shutdown(cancel_futures=True) does."""
         wanted = {id(f) for f in futures}
-        with self.lock:
-            taken = [j for j in self.table.queued if id(j.future) in wanted and not j.resent]
-            for job in taken:
-                self.table.queued.remove(job)
-            self.table.cancelled += len(taken)
-            sidecar = self.sidecar
-            stop = self._maybe_stop_locked()
-            if stop is not None:
-                self._queue_shutdown_locked(stop, _FINISH)
+        with deferred():  # the table's change and its frame go together (see submit_payload)
+            with self.lock:
+                taken = [j for j in self.table.queued if id(j.future) in wanted and not j.resent]
+                for job in taken:
+                    self.table.queued.remove(job)
+                self.table.cancelled += len(taken)
+                sidecar = self.sidecar
+                stop = self._maybe_stop_locked()
+                if stop is not None:
+                    self._queue_shutdown_locked(stop, _FINISH)
+            if sidecar is not None:
+                self._flush(sidecar)
         _cancel_all(taken)
-        if sidecar is not None:
-            self._flush(sidecar)
 
     def force_shutdown(self, sig: int) -> None:
         """``terminate_workers``/``kill_workers``: no new jobs, queued ones
@@ -350,17 +358,18 @@ class Supervisor:
         if self._pid != os.getpid():
             return
         cancelled: list[Job] = []
-        with self.lock:
-            if self.state is ExecutorState.RUNNING:
-                self.state = ExecutorState.CLOSING
-            self._forced = "kill_workers()" if sig == signal.SIGKILL else "terminate_workers()"
-            cancelled = self.table.cancel_queued()
-            sidecar = self.sidecar
-            if sidecar is not None and self.state is ExecutorState.CLOSING:
-                self._queue_shutdown_locked(sidecar, Shutdown(kill=True, signal=sig).encode())
+        with deferred():  # the state's change and its frame go together (see submit_payload)
+            with self.lock:
+                if self.state is ExecutorState.RUNNING:
+                    self.state = ExecutorState.CLOSING
+                self._forced = "kill_workers()" if sig == signal.SIGKILL else "terminate_workers()"
+                cancelled = self.table.cancel_queued()
+                sidecar = self.sidecar
+                if sidecar is not None and self.state is ExecutorState.CLOSING:
+                    self._queue_shutdown_locked(sidecar, Shutdown(kill=True, signal=sig).encode())
+            if sidecar is not None:
+                self._flush(sidecar)
         _cancel_all(cancelled)
-        if sidecar is not None:
-            self._flush(sidecar)
 
     def fail_unpicklable(self, error: BaseException) -> Future[Any]:
         """A job that could not be pickled in the caller fails alone, as in the stdlib."""
@@ -715,22 +724,23 @@ class Supervisor:
         if self._pid != os.getpid():
             return  # a forked child: the sidecar is the parent's to stop
         cancelled: list[Job] = []
-        with self.lock:
-            if self.state is ExecutorState.RUNNING:
-                self.state = ExecutorState.CLOSING
-            if cancel_futures:
-                cancelled = self.table.cancel_queued()
-            stop = self._maybe_stop_locked()
-            if stop is not None:
-                self._queue_shutdown_locked(stop, _FINISH)
-            if self.sidecar is None and self._retry is not None and self.state in _TERMINAL:
-                self._retry.cancel()
-                self._retry = None
-                self.finished.set()
-            sidecar = self.sidecar
+        with deferred():  # the state's change and its frame go together (see submit_payload)
+            with self.lock:
+                if self.state is ExecutorState.RUNNING:
+                    self.state = ExecutorState.CLOSING
+                if cancel_futures:
+                    cancelled = self.table.cancel_queued()
+                stop = self._maybe_stop_locked()
+                if stop is not None:
+                    self._queue_shutdown_locked(stop, _FINISH)
+                if self.sidecar is None and self._retry is not None and self.state in _TERMINAL:
+                    self._retry.cancel()
+                    self._retry = None
+                    self.finished.set()
+                sidecar = self.sidecar
+            if sidecar is not None:
+                self._flush(sidecar)
         _cancel_all(cancelled)
-        if sidecar is not None:
-            self._flush(sidecar)
         if wait:
             self.finished.wait() if sidecar is None else self._wait_finished()
         # Delivery threads exit once idle; with wait, every future is resolved
@@ -805,18 +815,19 @@ class Supervisor:
 
     def control(self, kind: MessageKind) -> None:
         """Send QUIESCE or WAKEUP to the sidecar (starting one for WAKEUP)."""
-        with self.lock:
-            self.check_open_locked()
-            sidecar = self.sidecar
-            if sidecar is None and kind is MessageKind.WAKEUP and self._retry is None:
-                sidecar = self.ensure_sidecar_locked()
+        with deferred():  # queued means sent (see submit_payload)
+            with self.lock:
+                self.check_open_locked()
+                sidecar = self.sidecar
+                if sidecar is None and kind is MessageKind.WAKEUP and self._retry is None:
+                    sidecar = self.ensure_sidecar_locked()
+                if sidecar is not None:
+                    try:
+                        sidecar.writer.queue_many([(kind, 0, b"")])
+                    except PipeClosed:
+                        pass
             if sidecar is not None:
-                try:
-                    sidecar.writer.queue_many([(kind, 0, b"")])
-                except PipeClosed:
-                    pass
-        if sidecar is not None:
-            self._flush(sidecar)
+                self._flush(sidecar)
 
     def _wait_finished(self) -> None:
         """Wait for the jobs (unbounded, as the stdlib), then for the sidecar (bounded)."""

@@ -20,10 +20,11 @@ What a sender does when the pipe is full depends on who it is:
 A frame is never left half-written: whoever stops writing puts the unwritten
 remainder back at the head of the queue, and the next writer (or the helper)
 continues from exactly there. That holds even when a signal handler raises
-in the middle (Ctrl-C during a big ``submit``): the write and its bookkeeping
-run with signals blocked in the main thread, the only one that runs Python
-signal handlers, and an exception while waiting for room leaves the queue
-intact and hands the rest to the helper.
+(Ctrl-C during a big ``submit``): in the main thread, the only one that runs
+Python signal handlers, a send runs inside ``sigdefer.deferred()``, so no
+handler runs between a write and its bookkeeping; a signal that comes while
+the sender waits for room cuts the wait short, the helper takes the rest,
+and the handler runs (and raises) as the send returns.
 
 ``read_frames`` is one read step for the reading side.
 """
@@ -33,13 +34,13 @@ from __future__ import annotations
 import logging
 import os
 import select
-import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from .protocol import Frame, FrameDecoder, MessageKind, encode_header
+from .sigdefer import deferred, wait_interruptibly
 
 # typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
 TYPE_CHECKING = False
@@ -64,17 +65,6 @@ _IOV_PARTS: Final = 512
 # Small parts are joined into one buffer before writing (one copy, one
 # iovec); parts at least this big are written from their own buffer.
 _JOIN_LIMIT_BYTES: Final = 64 * 1024
-# Signals blocked around a write and its bookkeeping in the main thread.
-_BLOCKABLE: Final = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
-# signal.pthread_sigmask turns every signal number of the returned mask into
-# a Signals enum member: ~140 us to block and restore all of them, most of
-# a round trip. The C function underneath returns plain ints (~4 us).
-try:
-    import _signal  # type: ignore[import-not-found]
-
-    _sigmask: Callable[[int, Iterable[int]], Iterable[int]] = _signal.pthread_sigmask
-except (ImportError, AttributeError):  # not CPython: the public one, slower
-    _sigmask = signal.pthread_sigmask
 
 
 class PipeClosed(OSError):
@@ -129,8 +119,9 @@ class FrameWriter:
     def send_many(self, items: Iterable[tuple[MessageKind, int, bytes]], *, block: bool = True) -> None:
         """Queue frames atomically (in order, not interleaved with other
         senders), then write them, or leave them to the writer of the moment."""
-        self.queue_many(items)
-        self.flush(block=block)
+        with deferred():  # a signal's handler raises before the frames are queued or after they are whole
+            self.queue_many(items)
+            self.flush(block=block)
 
     def queue_many(self, items: Iterable[tuple[MessageKind, int, bytes]]) -> None:
         """Queue frames without writing: never blocks, never raises but
@@ -148,19 +139,20 @@ class FrameWriter:
 
     def flush(self, *, block: bool = True) -> None:
         """Write what is queued (see the module docstring for ``block``)."""
-        with self._lock:
-            if self._error is not None:
-                raise PipeClosed(f"pipe fd {self._fd} is closed: {self._error}") from self._error
-            if self._writing or not self._queue:
-                return  # the writer of the moment takes our frames too
-            self._writing = True
-        try:
-            self._drain(block)
-        except BaseException:
-            # Interrupted while waiting for room: the queue is whole; the
-            # helper finishes the frames, so the stream stays framed.
-            self._hand_over()
-            raise
+        with deferred():
+            with self._lock:
+                if self._error is not None:
+                    raise PipeClosed(f"pipe fd {self._fd} is closed: {self._error}") from self._error
+                if self._writing or not self._queue:
+                    return  # the writer of the moment takes our frames too
+                self._writing = True
+            try:
+                self._drain(block)
+            except BaseException:
+                # The queue is whole (a failed write cleared it); the helper
+                # finishes the frames, so the stream stays framed.
+                self._hand_over()
+                raise
         if self._error is not None:
             raise PipeClosed(f"pipe fd {self._fd} is closed: {self._error}") from self._error
 
@@ -183,7 +175,6 @@ class FrameWriter:
         over. The caller set ``_writing``; this clears it (under the lock, in
         the same step that finds the queue empty, so a sender that saw a
         writer at work never has its frames stranded) or hands it over."""
-        main = threading.current_thread() is threading.main_thread()
         while True:
             with self._lock:
                 if not self._queue or self._error is not None:
@@ -201,7 +192,7 @@ class FrameWriter:
                 parts = [b"".join(parts)]
             views = [memoryview(p) for p in parts]
             try:
-                full = self._write_some(views, main)
+                full = self._write_some(views)
             except OSError as exc:
                 with self._lock:
                     if self._error is None:
@@ -215,34 +206,29 @@ class FrameWriter:
             if views:
                 with self._lock:
                     self._queue.extendleft(reversed(views))
-            if full:
-                if not block:
-                    self._hand_over()
-                    return
-                self._wait_writable()
+            # A signal while waiting for room (Ctrl-C during a big submit)
+            # ends the wait; its handler runs once the send returns.
+            if full and (not block or not wait_interruptibly(self._wait_writable)):
+                self._hand_over()
+                return
 
-    def _write_some(self, views: list[memoryview], main: bool) -> bool:
+    def _write_some(self, views: list[memoryview]) -> bool:
         """Write from ``views`` until they are empty or the pipe is full
         (then True). ``views`` is updated to what is left, in step with every
-        byte the kernel took, even if a signal handler raises."""
+        byte the kernel took (no signal handler runs here: see ``flush``)."""
         while views:
-            old = _sigmask(signal.SIG_BLOCK, _BLOCKABLE) if main else None
             try:
-                try:
-                    n = os.write(self._fd, views[0]) if len(views) == 1 else os.writev(self._fd, views)
-                except BlockingIOError:
-                    return True
-                while n:
-                    head = views[0]
-                    if n >= len(head):
-                        n -= len(head)
-                        views.pop(0)
-                    else:
-                        views[0] = head[n:]
-                        n = 0
-            finally:
-                if old is not None:
-                    _sigmask(signal.SIG_SETMASK, old)
+                n = os.write(self._fd, views[0]) if len(views) == 1 else os.writev(self._fd, views)
+            except BlockingIOError:
+                return True
+            while n:
+                head = views[0]
+                if n >= len(head):
+                    n -= len(head)
+                    views.pop(0)
+                else:
+                    views[0] = head[n:]
+                    n = 0
         return False
 
     def _wait_writable(self) -> None:
