@@ -162,7 +162,7 @@ def test_any_nesting_and_signals_deliver_each_once_outside(plan: list[object]) -
         seen.append((signum, sigdefer._DEFERRAL.depth))
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGUSR1, signal.SIGUSR2)}
-    stack: list[deferred] = []
+    stack: list[sigdefer._Deferred] = []
     sent: set[int] = set()
     try:
         for step in plan:

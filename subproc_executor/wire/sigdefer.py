@@ -150,7 +150,7 @@ _DEFERRAL: Final = _Deferral()
 
 
 def _on_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
+    return threading.get_ident() == threading.main_thread().ident
 
 
 def _deliver(caught: list[int]) -> None:
@@ -177,26 +177,30 @@ def _resend(signums: list[int]) -> None:
             signal.pthread_kill(main, signum)
 
 
-class deferred:
-    """``with deferred():`` no Python signal handler runs inside; those that
-    came run on the way out. Nothing happens off the main thread."""
+class _Deferred:
+    """The context manager ``deferred()`` returns; stateless (the thread that
+    enters is the one that exits), so one object serves every ``with``."""
 
-    __slots__ = ("_active",)
-
-    def __init__(self) -> None:
-        self._active = False
+    __slots__ = ()
 
     def __enter__(self) -> None:
         if _on_main_thread():
             _DEFERRAL.enter()
-            self._active = True
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._active:
-            self._active = False
+        if _on_main_thread():
             _DEFERRAL.exit()
+
+
+_DEFERRED: Final = _Deferred()
+
+
+def deferred() -> _Deferred:
+    """``with deferred():`` no Python signal handler runs inside; those that
+    came run on the way out. Nothing happens off the main thread."""
+    return _DEFERRED
 
 
 def wait_interruptibly(wait: Callable[[], object]) -> bool:
