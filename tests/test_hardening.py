@@ -163,8 +163,8 @@ def test_idle_worker_killed_from_outside_is_replaced(make_executor: MakeExecutor
 
 @pytest.mark.parametrize(
     "variant",
-    [("process", "fork"), ("loky", None), ("pipes", None)],
-    ids=["process-fork", "loky", "pipes"],
+    [("process", "fork"), ("process", "forkserver"), ("loky", None), ("pipes", None)],
+    ids=["process-fork", "process-forkserver", "loky", "pipes"],
     indirect=True,
 )
 @pytest.mark.timeout(90)
@@ -178,14 +178,19 @@ def test_worker_killed_while_sending_its_result_does_not_wedge_the_pool(
     thread holds a write end of the result pipe, so no EOF comes): inside the
     sidecar, the loop notices the dead worker the pool has not reported and
     replaces the pool. Results take the pipes here (shm_threshold=None), which
-    is where the half message can happen.
+    is where the half message can happen. With forkserver the stuck pool has
+    not reaped the dead worker, so the sidecar may not read its exit code
+    until the reset (sidecar.backends._reap): it must notice the death, and
+    name the culprit, all the same.
     """
     ex = make_executor(2, shm_threshold=None)
     with _unwedged(ex, kill):
         for _ in range(2):
             fut = ex.submit(jobs.result_then_killed_mid_write, 16 << 20)
-            with pytest.raises(BrokenProcessPool):
+            with pytest.raises(BrokenProcessPool) as info:
                 fut.result(timeout=FAIL_WITHIN)
+            # The culprit is named, with how it ended.
+            assert getattr(info.value, "exitcode", None) == -signal.SIGKILL, info.value
             assert ex.submit(jobs.square, 7).result(timeout=ANSWER_WITHIN) == 49
 
 

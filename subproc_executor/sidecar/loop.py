@@ -390,7 +390,7 @@ class SidecarLoop:
         # The old pool's exit codes, for judging batches it reports failed
         # during or after the reset (a reset forgets its dead workers).
         try:
-            codes = self._backend.worker_exitcodes()
+            codes = dict(self._backend.worker_exitcodes())
         except Exception:
             codes = {}
         self._codes_by_generation[self._scheduler.generation] = codes
@@ -403,6 +403,17 @@ class SidecarLoop:
         except Exception as reset_exc:
             self._fatal(f"could not restart the pool: {reset_exc!r}")
             raise SystemExit(4) from reset_exc
+        # Codes the old pool's thread reaped only as the reset stopped it (a
+        # wedged pool reaps none before; see sidecar.backends._reap). Optional.
+        stopped = getattr(self._backend, "stopped_exitcodes", None)
+        if callable(stopped):
+            try:
+                late: dict[int, int | None] = stopped()
+            except Exception:
+                late = {}
+            for pid, code in late.items():
+                if codes.get(pid) is None:
+                    codes[pid] = code  # the old generation's dict, kept above
         self._send_workers()
 
     def _check_pool(self) -> None:
@@ -414,20 +425,26 @@ class SidecarLoop:
             return
         try:
             codes = self._backend.worker_exitcodes()
+            # Dead workers whose exit code the backend may not read yet: their
+            # pool's thread reaps them (see sidecar.backends._reap). Optional.
+            dead_pids = getattr(self._backend, "dead_worker_pids", None)
+            unreaped = [pid for pid in dead_pids() if codes.get(pid) is None] if callable(dead_pids) else []
         except Exception:
             return
         dead = sorted(pid for pid, code in codes.items() if code not in (None, 0))
-        if not dead:
+        if not dead and not unreaped:
             self._dead_since.clear()
             return
         if self._scheduler.idle:
-            logger.warning("workers %s died while idle; replacing the pool", dead)
-            self._replace_pool()
+            if dead:  # not an unreaped one: it may be a retired worker, exiting with 0
+                logger.warning("workers %s died while idle; replacing the pool", dead)
+                self._replace_pool()
             return
         # Jobs run: the pool reports a death by failing their batch, at
         # once. One that has not done so long after is wedged (a stdlib
         # pool whose worker was killed while sending a result waits for the
-        # rest of it forever): replacing it fails its batches.
+        # rest of it forever, and reaps none): replacing it fails its batches.
+        dead = sorted({*dead, *unreaped})
         now = time.monotonic()
         first = min(self._dead_since.setdefault(pid, now) for pid in dead)
         if now - first >= _WEDGED_SECONDS:

@@ -9,7 +9,6 @@ pool calls, worker pids and exit codes, quiesce, reset and shutdown.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 from collections.abc import Sequence
 from concurrent.futures import CancelledError, Executor, Future
@@ -17,7 +16,7 @@ from typing import Final
 
 from ...worker import job
 from . import BackendConfig, OnDone
-from ._reap import WorkerTracker, terminate_children
+from ._reap import WorkerTracker, live_children, terminate_children
 
 __all__ = ["ExecutorPoolBackend"]
 
@@ -35,6 +34,8 @@ class ExecutorPoolBackend:
         self._config = config
         self._pool: Executor | None = None
         self._tracker = WorkerTracker()
+        # {pid: exitcode} of the workers the last reset() stopped (see stopped_exitcodes).
+        self._stopped_codes: dict[int, int | None] = {}
 
     def _make_pool(self) -> Executor:
         """A new pool whose workers run ``job.worker_init`` first."""
@@ -56,7 +57,7 @@ class ExecutorPoolBackend:
             # as each worker's first task.
             for _ in range(self._config.max_workers):
                 self._pool.submit(job.run_batch, self._config.pickler, (), ())
-        self._tracker.live_pids()
+        self._tracker.live_pids(self._pool)
 
     def submit(self, job_ids: Sequence[int], payloads: Sequence[bytes], on_done: OnDone) -> None:
         if self._pool is None:
@@ -74,10 +75,15 @@ class ExecutorPoolBackend:
         fut.add_done_callback(done)
 
     def worker_pids(self) -> list[int]:
-        return self._tracker.live_pids() if self._pool is not None else []
+        return self._tracker.live_pids(self._pool) if self._pool is not None else []
 
     def worker_exitcodes(self) -> dict[int, int | None]:
-        return self._tracker.exitcodes()
+        return self._tracker.exitcodes(self._pool)
+
+    def dead_worker_pids(self) -> list[int]:
+        """Workers seen dead, their exit code known or not: a worker's death
+        shows before its pool's thread has reaped it (see ``_reap``)."""
+        return self._tracker.dead_pids(self._pool)
 
     def quiesce(self) -> None:
         pool, self._pool = self._pool, None
@@ -92,8 +98,18 @@ class ExecutorPoolBackend:
             # Its threads are joined: the new pool may fork, which must
             # happen with no other thread alive.
             self._stop_pool(pool, kill=True)
+        # With its threads joined, no other thread reaps its workers: their
+        # exit codes can all be read now.
+        self._stopped_codes = self._tracker.exitcodes()
         self._tracker.forget_dead()
         self.start()
+
+    def stopped_exitcodes(self) -> dict[int, int | None]:
+        """{pid: exitcode} of the workers the last ``reset()`` stopped, read
+        once the old pool's threads were joined. The sidecar asks before the
+        reset too; a worker whose pool's thread had not reaped it then (one
+        stuck, see ``_unwedge``) has its exit code only now."""
+        return dict(self._stopped_codes)
 
     def shutdown(self, *, kill: bool) -> None:
         pool, self._pool = self._pool, None
@@ -133,10 +149,11 @@ def _unwedge(manager: threading.Thread, result_queue: object) -> None:
     wait into EOF: the manager thread marks the pool broken, fails its
     futures (their batches are reported) and exits. This reaches into two
     private attributes, present in CPython 3.10 to 3.13 and in loky; without
-    them the join that follows is unbounded, as before.
+    them the join that follows is unbounded, as before. Whether a worker
+    lives is read from the sentinels: the manager thread may be reaping them.
     """
     manager.join(_MANAGER_JOIN_SECONDS)
-    if not manager.is_alive() or multiprocessing.active_children():
+    if not manager.is_alive() or live_children():
         return  # done, or workers still finishing their jobs (quiesce): nothing is stuck
     writer = getattr(result_queue, "_writer", None)
     if writer is not None:
