@@ -54,6 +54,9 @@ Who touches what (the invariants the lock keeps):
   ``_fork_lock``, which is also held across ``Process.start()``. So a forked
   worker is told to close exactly the sidecar's descriptors open at its fork,
   and no number on that list can be reused meanwhile.
+* A worker is polled (its exit status read) only under ``_fork_lock``, after
+  its sentinel is ready: ``Process.start()`` polls every child, and a
+  forkserver child's status can be read once (see ``sidecar.backends._reap``).
 
 One module, over 450 lines: the invariants above bind the main thread's
 ``submit``, the reader thread and the starting and stopping of workers to
@@ -92,7 +95,7 @@ from ...worker.pipes_main import READY as _READY
 from ...worker.pipes_main import STOP as _STOP
 from ...worker.pipes_main import worker_main as _worker_main
 from . import BackendConfig, OnDone
-from ._reap import TERMINATE_GRACE_SECONDS, terminate_children
+from ._reap import TERMINATE_GRACE_SECONDS, sentinel_ready, terminate_children
 
 # typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
 TYPE_CHECKING = False
@@ -108,10 +111,8 @@ logger = logging.getLogger(__name__)
 # shutdown(kill=False)) before SIGTERM, then SIGKILL. Longer lets slow atexit
 # handlers of user code finish; shorter bounds quiesce and shutdown.
 _STOP_GRACE_SECONDS: Final = 3.0
-# How long to wait for the exit status of a worker whose sentinel is ready or
-# whose result pipe reached EOF. Another thread's waitpid (multiprocessing
-# reaps every child on each Process.start()) can race ours and leave the
-# status unset for a moment; a worker that only closed its pipes is killed.
+# How long a worker whose result pipe reached EOF gets to exit before it is
+# killed (one that only closed its pipes), and then to die.
 _REAP_SECONDS: Final = 1.0
 # How long stopping waits for the reader thread, which may be inside an
 # ``on_done`` writing to the parent's pipe. Longer tolerates a slower parent;
@@ -498,18 +499,20 @@ class PipesBackend:
                     pass  # it died meanwhile
             deadline = time.monotonic() + _STOP_GRACE_SECONDS
             for w in workers:
-                w.process.join(max(0.0, deadline - time.monotonic()))
-        if any(w.process.exitcode is None for w in workers):
+                sentinel_ready(w.process, max(0.0, deadline - time.monotonic()))
+        # Sentinels, not exitcode: a reader thread that outlived its join may
+        # be reaping a worker (see _reap).
+        alive = [w for w in workers if not sentinel_ready(w.process, 0)]
+        if alive:
             if not kill:
                 logger.warning(
                     "backend 'pipes': workers %s did not exit %.0fs after the stop message; terminating them",
-                    [w.pid for w in workers if w.process.exitcode is None],
+                    [w.pid for w in alive],
                     _STOP_GRACE_SECONDS,
                 )
-            # The workers are the sidecar's only multiprocessing children.
-            terminate_children(TERMINATE_GRACE_SECONDS)
+            terminate_children(TERMINATE_GRACE_SECONDS, [w.process for w in alive])
         for w in workers:
-            self._bury(w, _reap(w.process), None)
+            self._bury(w, self._reap(w.process), None)
         with self._lock:
             self._state = _State.CLOSED if final else _State.STOPPED
             self._idle.clear()
@@ -566,6 +569,34 @@ class PipesBackend:
         if not conn.closed:
             self._pipe_fds.discard(conn.fileno())
             conn.close()
+
+    def _reap(self, process: BaseProcess) -> int | None:
+        """The exit code of a worker that is gone or going; bounded by ``2 * _REAP_SECONDS``.
+
+        It waits for the sentinel, which reads nothing, then polls under
+        ``_fork_lock``: every ``Process.start()`` polls all children, and of
+        two threads polling a forkserver child at once one reads EOF and
+        stores 255 for its exit code (see ``sidecar.backends._reap``). A worker that
+        closed its pipes but does not exit is killed. Any thread; locks not held.
+        """
+        deadline = time.monotonic() + _REAP_SECONDS
+        killed = False
+        while True:
+            ready = sentinel_ready(process, max(0.0, deadline - time.monotonic()))
+            if ready:
+                with self._fork_lock:
+                    code = process.exitcode
+                if code is not None:
+                    return code
+            if time.monotonic() >= deadline:
+                if killed or ready or process.pid is None:
+                    return None
+                logger.warning("worker pid %d closed its pipes but did not exit; killing it", process.pid)
+                signal_pid(process.pid, signal.SIGKILL)
+                killed = True
+                deadline = time.monotonic() + _REAP_SECONDS
+            elif ready:
+                time.sleep(0.001)  # exited, not yet a zombie (fork, spawn): waitpid has nothing yet
 
     # -- batches --------------------------------------------------------------------------
 
@@ -736,7 +767,7 @@ class PipesBackend:
             except (EOFError, OSError):
                 break
             self._on_result(worker, data)
-        exitcode = _reap(worker.process)
+        exitcode = self._reap(worker.process)
         with self._lock:
             batch, worker.batch = worker.batch, None
             replace = self._state is _State.RUNNING and not worker.retiring
@@ -766,26 +797,3 @@ def _get_context(method: str) -> ForkContext | ForkServerContext | SpawnContext:
     if method == "forkserver":
         return multiprocessing.get_context("forkserver")
     return multiprocessing.get_context("spawn")
-
-
-def _reap(process: BaseProcess) -> int | None:
-    """The exit code of a worker that is gone or going; bounded by ``_REAP_SECONDS``.
-
-    ``join`` can return with no exit code when another thread's waitpid
-    reaped the process first (multiprocessing reaps all children on each
-    ``Process.start()``); that thread sets it a moment later. A worker still
-    alive at the deadline closed its pipes but did not exit: it is killed.
-    """
-    deadline = time.monotonic() + _REAP_SECONDS
-    while True:
-        process.join(max(0.0, min(0.05, deadline - time.monotonic())))
-        code = process.exitcode
-        if code is not None:
-            return code
-        if time.monotonic() >= deadline:
-            break
-    if process.pid is not None:
-        logger.warning("worker pid %d closed its pipes but did not exit; killing it", process.pid)
-        signal_pid(process.pid, signal.SIGKILL)
-        process.join(_REAP_SECONDS)
-    return process.exitcode
