@@ -454,6 +454,52 @@ def test_dead_worker_fails_its_batch_through_on_done(make_backend: MakeBackend) 
     assert len(rec.calls) == 1
 
 
+# Rounds of the search below, each a forkserver pool broken by a SIGKILL.
+# Before the fix about two process-backend rounds in five lost the exit
+# status. (loky's pool shares the process backend's code, and lost as many;
+# its rounds take a second each, so it is not searched here.)
+_KILL_ROUNDS = 20
+
+
+@pytest.mark.parametrize("name", ["process", "pipes"])
+def test_sigkilled_forkserver_worker_reports_minus_9_never_255(name: str, tmp_path: Path) -> None:
+    """Search for the forkserver reaping race: a SIGKILLed worker's exit status must
+    read -9, never 255, however the sidecar's threads interleave.
+
+    A forkserver child's status is read from its sentinel pipe, once: a second
+    thread polling the same process at that moment reads EOF and stores 255 for
+    good. Each round a job SIGKILLs its worker while this thread reads
+    ``worker_exitcodes()`` without pause, as the sidecar's loop does while it
+    judges a failed batch, and the pool's own threads reap the workers.
+    """
+    before = _children()
+    backend = load_backend(name, _config("forkserver"))
+    try:
+        backend.start()
+        for round_ in range(_KILL_ROUNDS):
+            pid_path = tmp_path / f"pid{round_}"
+            rec = OnDoneRecorder()
+            backend.submit([1], [_payload(jobs.die, str(pid_path), "sigkill")], rec)
+            deadline = time.monotonic() + ANSWER_WITHIN
+            while True:
+                codes = backend.worker_exitcodes()
+                if rec.calls:
+                    (outcome,) = rec.calls
+                    assert isinstance(outcome, BaseException), outcome
+                    if isinstance(outcome, WorkerDiedError) and outcome.pid is not None:
+                        # The backend names the dead worker itself (pipes).
+                        codes = {outcome.pid: outcome.exitcode}
+                    if all(code is not None for code in codes.values()):
+                        break
+                assert time.monotonic() < deadline, f"round {round_}: exit codes never settled: {codes}"
+            assert 255 not in codes.values(), f"round {round_}: {codes}"
+            assert codes.get(jobs.read_pid(pid_path)) == -signal.SIGKILL, f"round {round_}: {codes}"
+            backend.reset()
+    finally:
+        backend.shutdown(kill=True)
+    assert not _wait_gone(_children() - before)
+
+
 class StreamingRecorder(OnDoneRecorder):
     """An ``on_done`` with ``job_done``, as the sidecar passes: records each job reported early."""
 
