@@ -66,6 +66,13 @@ class Backend(Protocol):
 
     Methods are called from the sidecar's main thread only; ``on_done`` may
     be called from any thread the backend owns, and must not block it long.
+
+    Two methods are optional (the sidecar asks with ``getattr``, so a
+    third-party backend written before them still works), for a backend whose
+    pool's own thread reaps its workers: ``dead_worker_pids()`` (workers seen
+    dead whose exit code is not read yet) and ``stopped_exitcodes()`` (the exit
+    codes read once ``reset`` had joined the old pool's threads). See
+    ``_executor_pool`` and ``_reap``.
     """
 
     def start(self) -> None:
