@@ -202,3 +202,23 @@ def test_a_section_that_hangs_stays_breakable(raising: list[int], monkeypatch: p
         signal.raise_signal(signal.SIGUSR1)
         pytest.fail("the handler did not run inside a deferral that lasted too long")
     assert raising == [signal.SIGUSR1]
+
+
+def test_a_deferred_signal_reaches_a_wakeup_fd_once(raising: list[int]) -> None:
+    """The C-level part of a signal (the byte set_wakeup_fd writes, which asyncio
+    reads) ran when it came: delivering it on the way out must not repeat it."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    old = signal.set_wakeup_fd(w)
+    try:
+        with pytest.raises(Raised), deferred():
+            signal.raise_signal(signal.SIGUSR1)
+    finally:
+        signal.set_wakeup_fd(old)
+    try:
+        assert os.read(r, 100) == bytes([signal.SIGUSR1]), "the wakeup fd saw the signal twice"
+    finally:
+        os.close(r)
+        os.close(w)
+    assert raising == [signal.SIGUSR1]

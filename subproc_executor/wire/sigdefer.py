@@ -29,6 +29,7 @@ One known cost: ``signal.signal`` drops a ``siginterrupt(sig, False)``
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -154,16 +155,22 @@ def _on_main_thread() -> bool:
 
 
 def _deliver(caught: list[int]) -> None:
-    """Send the noted signals again, handlers back in place: each runs as if it came now.
+    """Run the noted signals' handlers, now back in place, as if they came now.
 
-    If one raises, the rest are sent to the main thread (where CPython runs them
-    at its next check) rather than dropped.
+    The handlers are called, not the signals raised again: the C-level part
+    of a signal (``set_wakeup_fd``'s byte, which asyncio reads; a chained
+    ``faulthandler``) ran when it came and must not run twice. If one
+    raises, the rest are sent to the main thread (where CPython runs them at
+    its next check) rather than dropped.
     """
     pending = list(dict.fromkeys(caught))
+    frame = sys._getframe(1)
     while pending:
         signum = pending.pop(0)
+        handler = _getsignal(signum)
         try:
-            signal.raise_signal(signum)
+            if callable(handler):
+                handler(signum, frame)
         except BaseException:
             _resend(pending)
             raise
