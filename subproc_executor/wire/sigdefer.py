@@ -214,7 +214,12 @@ def wait_interruptibly(wait: Callable[[], object]) -> bool:
     """Run a wait that a signal must cut short even inside ``deferred()``
     (waiting for room in a pipe the peer may never read). False if a signal
     came (before or during it): the caller hands its work over and leaves
-    the deferral, where that signal's handler then runs."""
+    the deferral, where that signal's handler then runs.
+
+    ``wait`` should be bounded (a poll with a timeout of a fraction of a
+    second) and the caller loop: a signal that comes just before the
+    syscall starts interrupts nothing (CPython has the same race), and is
+    seen here at the next call."""
     d = _DEFERRAL
     if not d.depth or not _on_main_thread():
         wait()

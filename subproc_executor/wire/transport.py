@@ -60,6 +60,10 @@ READ_CHUNK_BYTES: Final = 1 << 20
 # job in the sidecar). Bigger frames build up in the decoder.
 _READ_BUFFER_BYTES: Final = 256 * 1024
 _read_buffers = threading.local()
+# How long one wait for room lasts before the writer looks again (and sees
+# a Ctrl-C that came just before the wait began; see sigdefer). Shorter
+# notices such a signal sooner; longer wakes a writer stalled by its peer less.
+_WAIT_SLICE_MS: Final = 100
 # Parts gathered per writev call; Linux caps IOV_MAX at 1024.
 _IOV_PARTS: Final = 512
 # Small parts are joined into one buffer before writing (one copy, one
@@ -232,10 +236,12 @@ class FrameWriter:
         return False
 
     def _wait_writable(self) -> None:
-        """Wait until the pipe has room (or its reader is gone)."""
+        """Wait until the pipe has room (or its reader is gone), or for a
+        slice of time: the caller loops, and sees a signal that came just
+        before the poll began (which no syscall reports) within a slice."""
         poller = select.poll()
         poller.register(self._fd, select.POLLOUT)
-        poller.poll()
+        poller.poll(_WAIT_SLICE_MS)
 
     # -- the helper thread -----------------------------------------------------------
 
