@@ -38,6 +38,7 @@ from executor_fixtures import (
     MakeExecutor,
     wait_gone,
 )
+from interrupts import InterruptRain
 
 from subproc_executor import SubprocExecutor
 
@@ -356,48 +357,16 @@ def test_keyboard_interrupts_at_random_moments_of_submit_lose_no_job(
     ex = make_executor(2, shm_threshold=None)
     assert ex.submit(jobs.square, 2).result(timeout=ANSWER_WITHIN) == 4
     rnd = random.Random(os.getpid())
-    armed = [False]
-    landed = [0]
-
-    def on_signal(signum: int, frame: object) -> None:
-        if armed[0]:  # once per arming: the test's own except clause is never hit
-            armed[0] = False
-            raise KeyboardInterrupt("Ctrl-C during submit()")
-
-    stop = threading.Event()
-
-    def rain() -> None:
-        me = threading.get_ident()
-        main = threading.main_thread().ident
-        assert main is not None
-        while not stop.is_set():
-            stop.wait(rnd.random() * 0.002)
-            signal.pthread_kill(main if rnd.random() < 0.3 else me, signal.SIGUSR1)
-
     sizes = [rnd.choice([0, 100, 70_000, 1 << 20]) for _ in range(400)]
     returned: list[tuple[cf.Future[int], int]] = []
-    old = signal.signal(signal.SIGUSR1, on_signal)
-    kicker = threading.Thread(target=rain, name="test-interrupter", daemon=True)
+
+    def step(k: int) -> None:
+        returned.append((ex.submit(jobs.length, b"s" * sizes[k]), sizes[k]))
+
     with _unwedged(ex, kill):
-        kicker.start()
-        try:
-            i = 0
-            while i < len(sizes):
-                try:
-                    armed[0] = True
-                    while i < len(sizes):
-                        size = sizes[i]
-                        i += 1
-                        returned.append((ex.submit(jobs.length, b"s" * size), size))
-                    armed[0] = False
-                except KeyboardInterrupt:
-                    landed[0] += 1
-        finally:
-            stop.set()
-            kicker.join(ANSWER_WITHIN)
-            armed[0] = False
-            signal.signal(signal.SIGUSR1, old)
-        assert landed[0], "no interrupt landed during the submits: nothing was tested"
+        with InterruptRain(rnd, KeyboardInterrupt, to_main=0.3, max_gap=0.002) as rain:
+            landed = rain.run(len(sizes), step)
+        assert landed, "no interrupt landed during the submits: nothing was tested"
         _, not_done = cf.wait([f for f, _ in returned], timeout=2 * FAIL_WITHIN)
         assert not not_done, f"{len(not_done)} of {len(returned)} returned futures never completed"
         assert [f.result(timeout=0) for f, _ in returned] == [size for _, size in returned]

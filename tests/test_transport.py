@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from interrupts import InterruptRain
 
 from subproc_executor.wire.protocol import FrameDecoder, MessageKind
 from subproc_executor.wire.transport import FrameWriter, PipeClosed
@@ -201,58 +202,25 @@ def test_signal_handlers_raising_at_any_moment_never_break_the_stream(seed: int,
     no signal stays blocked or swapped afterwards."""
     rnd = random.Random(seed)
     r, w = os.pipe()
-    armed = [False]
-    interrupts = [0]
-
-    def handler(signum: int, frame: object) -> None:
-        # Raises once per arming, so the test's own except clause is never hit.
-        if armed[0]:
-            armed[0] = False
-            raise _Interrupted
-
-    stop = threading.Event()
-
-    def kick() -> None:
-        me = threading.get_ident()
-        main = threading.main_thread().ident
-        assert main is not None
-        while not stop.is_set():
-            time.sleep(rnd.random() * 0.0005)
-            signal.pthread_kill(main if rnd.random() < to_main else me, signal.SIGUSR1)
-
     sizes = [rnd.choice([10, 3_000, 70_000, 300_000]) for _ in range(1_500)]
     confirmed: set[int] = set()
-    old = signal.signal(signal.SIGUSR1, handler)
     try:
         reader = PipeReader(r)
         writer = FrameWriter(w, name="test-writer")
-        kicker = threading.Thread(target=kick, name="test-kicker")
-        kicker.start()
-        i = 0
-        try:
-            while i < len(sizes):
-                try:
-                    armed[0] = True
-                    while i < len(sizes):
-                        attempt = i
-                        i += 1
-                        writer.send(MessageKind.SUBMIT, attempt, bytes([attempt % 251]) * sizes[attempt])
-                        confirmed.add(attempt)
-                    armed[0] = False
-                except _Interrupted:
-                    interrupts[0] += 1
-        finally:
-            stop.set()
-            kicker.join(READ_WITHIN)
-            armed[0] = False
-        assert signal.getsignal(signal.SIGUSR1) is handler
+
+        def step(k: int) -> None:
+            writer.send(MessageKind.SUBMIT, k, bytes([k % 251]) * sizes[k])
+            confirmed.add(k)
+
+        with InterruptRain(rnd, _Interrupted, to_main=to_main, max_gap=0.0005) as rain:
+            interrupts = rain.run(len(sizes), step)
+            assert signal.getsignal(signal.SIGUSR1) == rain.handler, "a handler was left swapped"
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         assert not signal.pthread_sigmask(signal.SIG_BLOCK, []), "signals left blocked"
         assert writer.wait_drained(READ_WITHIN), "a writer's role was lost: later frames stay queued"
         writer.close_fd()
         reader.join()
     finally:
-        signal.signal(signal.SIGUSR1, old)
         os.close(r)
     ids = [job for job, _ in reader.frames]
     assert all(a < b for a, b in itertools.pairwise(ids)), "a frame arrived twice or out of order"
@@ -260,4 +228,4 @@ def test_signal_handlers_raising_at_any_moment_never_break_the_stream(seed: int,
     assert not lost, f"sends that returned but never arrived: {lost[:10]}"
     for job, payload in reader.frames:
         assert payload == bytes([job % 251]) * sizes[job]
-    assert interrupts[0], "no handler raised during the sends: nothing was tested"
+    assert interrupts, "no handler raised during the sends: nothing was tested"
