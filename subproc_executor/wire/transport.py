@@ -187,7 +187,9 @@ class FrameWriter:
                     return
                 parts: list[bytes | memoryview] = []
                 size = 0
-                while self._queue and len(parts) < _IOV_PARTS:
+                while True:  # not `while cond:` in a with (tests/test_loop_edges.py)
+                    if not self._queue or len(parts) >= _IOV_PARTS:
+                        break
                     p = self._queue.popleft()
                     parts.append(p)
                     size += len(p)
@@ -303,7 +305,9 @@ class FrameWriter:
         """Wait (bounded) until everything queued has been written."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while (self._queue or self._writing) and self._error is None:
+            while True:  # not `while cond:` in a with (tests/test_loop_edges.py)
+                if not (self._queue or self._writing) or self._error is not None:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -324,7 +328,9 @@ class FrameWriter:
             self._closed = True
             self._cond.notify_all()
             deadline = time.monotonic() + timeout
-            while self._writing and time.monotonic() < deadline:
+            while True:  # not `while cond:` in a with (tests/test_loop_edges.py)
+                if not self._writing or time.monotonic() >= deadline:
+                    break
                 self._cond.wait(0.05)
             if self._writing:
                 return  # leak the fd rather than risk writing into a stranger's
