@@ -170,8 +170,9 @@ LAYERS: dict[str, Layer] = {
         why="typed payloads of every control frame, start records and outcome bytes; pure",
     ),
     "wire.sigdefer": _layer(
-        never_external=f"os pickle subprocess {_NO_LOKY}",
-        why="Python signal handlers held back over the main thread's critical sections",
+        never_external=f"pickle subprocess {_NO_LOKY}",
+        why="Python signal handlers held back over the main thread's critical sections "
+        "(os: only to put them back in a forked child)",
     ),
     "wire.transport": _layer(
         "wire.protocol wire.sigdefer",

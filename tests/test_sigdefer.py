@@ -227,3 +227,79 @@ def test_a_deferred_signal_reaches_a_wakeup_fd_once(raising: list[int]) -> None:
         os.close(r)
         os.close(w)
     assert raising == [signal.SIGUSR1]
+
+
+def _child_status(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _child_checks(handler: object, in_section: bool) -> int:
+    """In a forked child: 0 if its handlers and deferral are whole, else which check failed."""
+    if sigdefer._DEFERRAL.depth != (1 if in_section else 0):
+        return 3
+    if not in_section and signal.getsignal(signal.SIGUSR1) is not handler:
+        return 4
+    return 0
+
+
+@pytest.mark.filterwarnings("ignore:.*is multi-threaded, use of fork:DeprecationWarning")
+def test_a_child_forked_by_another_thread_in_a_deferral_gets_its_handlers_back() -> None:
+    """The child's one thread never leaves the parent's section: its handlers go
+    back at the fork, so a signal runs its handler at once (not after the 5 s
+    escape hatch); a deferral in the child works as anywhere."""
+    r, w = os.pipe()
+
+    def handler(signum: int, frame: object) -> None:
+        os.write(w, b"h")
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    pids: list[int] = []
+
+    def fork() -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = _child_checks(handler, in_section=False)
+            if code == 0:
+                signal.raise_signal(signal.SIGUSR1)  # runs the handler: "h" on the pipe
+                with deferred():
+                    pass
+                code = _child_checks(handler, in_section=False)
+            os._exit(code)
+        pids.append(pid)
+
+    try:
+        with deferred():
+            forker = threading.Thread(target=fork)
+            forker.start()
+            forker.join()
+        assert pids, "the fork failed"
+        assert _child_status(pids[0]) == 0
+        assert select.select([r], [], [], 10)[0], "the child's handler never ran"
+        assert os.read(r, 1) == b"h"
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.filterwarnings("ignore:.*is multi-threaded, use of fork:DeprecationWarning")
+def test_a_child_forked_by_the_main_thread_in_a_deferral_leaves_it_itself() -> None:
+    """A fork by the thread inside the section (a callback that forks): the child
+    goes on in it, and its own exit puts the handlers back."""
+
+    def handler(signum: int, frame: object) -> None:
+        pass
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        with deferred():
+            pid = os.fork()
+            if pid == 0:
+                code = _child_checks(handler, in_section=True)
+        if pid == 0:
+            os._exit(code or _child_checks(handler, in_section=False))
+        assert _child_status(pid) == 0
+        assert signal.getsignal(signal.SIGUSR1) is handler
+    finally:
+        signal.signal(signal.SIGUSR1, old)

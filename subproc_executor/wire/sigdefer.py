@@ -22,12 +22,14 @@ A section that hangs stays breakable: a signal that comes once it has lasted
 ``_ESCAPE_SECONDS`` runs its handler at once.
 If putting a handler back is itself cut short by another signal, the swapped
 one passes every signal straight to the original, so none is ever swallowed.
+A child forked by another thread during a deferral gets its handlers back.
 One known cost: ``signal.signal`` drops a ``siginterrupt(sig, False)``
 (SA_RESTART) setting of a swapped signal.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -76,6 +78,7 @@ class _Deferral:
         self.saved: dict[int, Handler] = {}
         self.caught: list[int] = []
         self.waiting = False
+        self._forked_out = False  # set just before a fork, read in the child
         self.handler = self._record  # one bound method, so getsignal() can be compared to it
         # getsignal() of every signal at the last enter, and which were callable then.
         self._seen: tuple[tuple[Handler, ...], tuple[int, ...]] = ((), ())
@@ -146,8 +149,27 @@ class _Deferral:
             _setsignal(signum, original)
             del self.saved[signum]
 
+    def before_fork(self) -> None:
+        # Only a fork by another thread leaves the section behind: the main
+        # thread forking inside one (a callback's fork) leaves it in the child too.
+        self._forked_out = bool(self.depth) and not _on_main_thread()
+
+    def after_fork_in_child(self) -> None:
+        """Another thread forked while the main thread was in a deferral: the
+        child's one thread never leaves that section, so its handlers go back
+        now (else each signal would only be noted until the escape hatch).
+        The signals noted so far were the parent's, and stay with it."""
+        if not self._forked_out:
+            return
+        self._forked_out = False
+        self.depth = 0
+        self.waiting = False
+        self.caught = []
+        self._restore()
+
 
 _DEFERRAL: Final = _Deferral()
+os.register_at_fork(before=_DEFERRAL.before_fork, after_in_child=_DEFERRAL.after_fork_in_child)
 
 
 def _on_main_thread() -> bool:
