@@ -338,8 +338,9 @@ def spew_stderr(nbytes: int) -> int:
 
 
 def shm_names(prefix: str) -> list[str]:
-    """Names in /dev/shm starting with ``prefix``."""
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix))
+    """Segments in /dev/shm whose names start with ``prefix`` (not a parent's
+    owner file, held for its life: see subproc_executor.wire.shm)."""
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix) and not n.endswith("-owner"))
 
 
 def shm_names_with_arg(prefix: str, data: bytes) -> tuple[list[str], int]:

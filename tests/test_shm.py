@@ -18,11 +18,12 @@ from pathlib import Path
 
 import faults
 import jobs
+import psutil
 import pytest
 from executor_fixtures import ANSWER_WITHIN, FAIL_WITHIN, GONE_WITHIN, POLL_SECONDS, MakeExecutor, wait_gone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_hardening import Kill, _kill_session, _start_script, _submit_interrupted
+from test_hardening import Kill, _kill_session, _run_script, _start_script, _submit_interrupted
 from test_hardening import kill as kill  # a fixture, used by name
 
 from subproc_executor import SubprocExecutor
@@ -189,6 +190,138 @@ def test_parent_killed_mid_job_leaves_no_segment(tmp_path: Path, backend: str) -
                 os.unlink(os.path.join("/dev/shm", name))
 
 
+def _stop_then_kill_session(sid: int) -> None:
+    """Kill a script and all it started at one instant: stopped first, none of them
+    can notice another's death and clean up after it."""
+    pids = set()
+    for pid in psutil.pids():
+        with contextlib.suppress(OSError):
+            if os.getsid(pid) == sid:
+                os.kill(pid, signal.SIGSTOP)
+                pids.add(pid)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    assert not wait_gone(pids)
+
+
+def _unlink_all(prefix: str) -> None:
+    for name in os.listdir("/dev/shm"):
+        if name.startswith(prefix):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join("/dev/shm", name))
+
+
+@pytest.mark.timeout(60)
+def test_segments_of_a_parent_killed_with_its_sidecar_are_swept_by_the_next_sidecar(
+    tmp_path: Path, make_executor: MakeExecutor
+) -> None:
+    """Parent, sidecar and workers killed at once (a process group, the OOM killer):
+    nobody is left to remove the job's argument segment. The next sidecar started on
+    this machine sees its owner lock free and removes it, and the owner file."""
+    proc = _start_script(tmp_path, PARENT_SCRIPT, str(tmp_path), "pipes", stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    prefix = _prefix(proc.pid)
+    try:
+        proc.stdout.readline()
+        assert jobs.shm_names(prefix), "the job's argument segment"
+        assert os.path.exists(f"/dev/shm/{prefix}owner"), "the parent's owner file"
+        _stop_then_kill_session(proc.pid)
+        proc.wait()
+        assert jobs.shm_names(prefix), "a segment was removed by a process that was killed"
+        ex = make_executor(1)
+        assert ex.submit(jobs.square, 5).result(ANSWER_WITHIN) == 25
+        assert _left(prefix, within=ANSWER_WITHIN) == []
+        assert not os.path.exists(f"/dev/shm/{prefix}owner")
+    finally:
+        _kill_session(proc.pid)
+        proc.wait()
+        proc.stdout.close()
+        _unlink_all(prefix)
+
+
+OWNER_EXIT_SCRIPT = """
+    import os
+    import jobs
+    from subproc_executor import SubprocExecutor
+
+    print(os.getpid(), flush=True)
+    ex = SubprocExecutor(1, backend="pipes", shm_threshold=65536)
+    assert ex.submit(jobs.length, b"y" * (1 << 20)).result(60) == 1 << 20
+    assert os.path.exists(f"/dev/shm/spx-{os.getpid()}-owner")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_parent_that_exits_leaves_not_even_its_owner_file(tmp_path: Path) -> None:
+    code, out = _run_script(tmp_path, OWNER_EXIT_SCRIPT, timeout=ANSWER_WITHIN, stderr=subprocess.STDOUT)
+    assert code == 0, out
+    prefix = _prefix(int(out.split()[0]))
+    try:
+        assert _left(prefix) == []
+        assert not os.path.exists(f"/dev/shm/{prefix}owner"), "the owner file outlived its parent"
+    finally:
+        _unlink_all(prefix)
+
+
+OWNER_SCRIPT = """
+    import os, sys
+    from subproc_executor.wire import shm
+
+    shm.own_prefix(os.getpid())
+    for name in sys.argv[1:]:
+        with open(f"/dev/shm/spx-{os.getpid()}-{name}", "wb") as f:
+            f.write(b"x")
+    print("ready", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_sweep_orphans_takes_only_the_segments_of_parents_that_are_gone(tmp_path: Path) -> None:
+    """``sweep_orphans`` removes every name under a prefix whose owner lock is free, the
+    owner file last; it keeps a live owner's (one in this very process too: the lock
+    belongs to an open file, not a process) and names with no owner file at all."""
+    from subproc_executor.wire import shm
+
+    procs = []
+    for name in ("dead", "alive"):
+        (tmp_path / name).mkdir()
+        proc = _start_script(
+            tmp_path / name, OWNER_SCRIPT, "a1", "77-r3-1", stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        procs.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    dead, alive = procs
+    ownerless = "spx-4194999-a1"  # above any pid_max: nobody's
+    with open(f"/dev/shm/{ownerless}", "wb"):
+        pass
+    shm.own_prefix(os.getpid())
+    try:
+        os.kill(dead.pid, signal.SIGKILL)
+        dead.wait()
+        assert shm.sweep_orphans() >= 2
+        assert jobs.shm_names(_prefix(dead.pid)) == []
+        assert not os.path.exists(f"/dev/shm/{_prefix(dead.pid)}owner")
+        assert jobs.shm_names(_prefix(alive.pid)) == [f"{_prefix(alive.pid)}{n}" for n in ("77-r3-1", "a1")]
+        assert os.path.exists(f"/dev/shm/{_prefix(alive.pid)}owner")
+        assert os.path.exists(f"/dev/shm/{_prefix()}owner"), "this process's own was swept"
+        assert os.path.exists(f"/dev/shm/{ownerless}")
+        os.kill(alive.pid, signal.SIGKILL)
+        alive.wait()
+        shm.sweep_orphans()
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(_prefix(alive.pid))]
+    finally:
+        for proc in procs:
+            _kill_session(proc.pid)
+            proc.wait()
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    stream.close()
+            _unlink_all(_prefix(proc.pid))
+        _unlink_all(ownerless)
+
+
 @ALL_BACKENDS
 @pytest.mark.timeout(60)
 def test_sidecar_killed_while_a_result_is_written_leaves_no_segment(
@@ -305,7 +438,7 @@ def _segment_fds(pid: int | str = "self") -> list[str]:
     for fd in os.listdir(fd_dir):
         with contextlib.suppress(OSError):
             target = os.readlink(os.path.join(fd_dir, fd))
-            if target.startswith("/dev/shm/spx-"):
+            if target.startswith("/dev/shm/spx-") and not target.endswith("-owner"):
                 held.append(f"fd {fd}: {target}")
     with open(f"/proc/{pid}/maps") as maps:
         held += [f"mapped: {line.split()[-2]}" for line in maps if "/dev/shm/spx-" in line]

@@ -158,6 +158,8 @@ class Supervisor:
         it raised (no process or descriptor left, the working directory gone)."""
         if self.sidecar is None:
             s = self.settings
+            if s.shm_threshold is not None:
+                shm.own_prefix(os.getpid())  # before any segment of ours exists (see wire.shm)
             self.sidecar = SidecarProcess(
                 env=self._env,
                 cwd=s.cwd,

@@ -144,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker_pids=tuple(backend.worker_pids()),
     )
     writer.try_send(MessageKind.HELLO, 0, hello.encode())
+    if s.shm_threshold is not None and shm.available():
+        # Segments of parents killed together with their sidecars (see wire.shm);
+        # after HELLO, off the parent's wait for it.
+        shm.sweep_orphans()
     loop = SidecarLoop(
         read_fd=read_fd,
         writer=writer,

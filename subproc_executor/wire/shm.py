@@ -25,11 +25,20 @@ No segment outlives its job or the death of any process (docs/protocol.md):
   (by job id); when a sidecar ends, the parent unlinks whatever its workers
   left under the sidecar's prefix.
 
+When the parent and its sidecar die together (a process group killed, the
+OOM killer), nobody is left to do that: each parent therefore holds a shared
+``flock`` on ``spx-<parent>-owner`` for life, and every new sidecar unlinks
+the segments of any prefix whose owner lock is free (``sweep_orphans``). A
+lock, unlike a pid, cannot be mistaken for a reused pid or another pid
+namespace's process sharing ``/dev/shm``.
+
 Where ``/dev/shm`` is missing or full, a payload simply takes the pipes.
 """
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import itertools
 import logging
 import mmap
@@ -51,9 +60,11 @@ __all__ = [
     "close_mapping",
     "job_ref_name",
     "map_segment",
+    "own_prefix",
     "parent_prefix",
     "result_prefix",
     "sweep",
+    "sweep_orphans",
 ]
 
 logger = logging.getLogger(__name__)
@@ -155,6 +166,126 @@ def sweep(prefixes: Iterable[str]) -> int:
     if n:
         logger.info("removed %d shared memory segments left by dead processes (%s)", n, ", ".join(wanted))
     return n
+
+
+# The file under a parent's prefix whose shared lock says the parent lives.
+_OWNER: Final = "owner"
+# (pid, descriptor) of this process's own owner lock; reset in a forked child.
+_owned: tuple[int, int] | None = None
+
+
+def own_prefix(pid: int) -> None:
+    """Hold the owner lock of ``spx-<pid>-`` for as long as this process lives,
+    so no sidecar takes its segments for orphans. Idempotent and cheap after
+    the first call. Without a writable ``/dev/shm`` it does nothing (no
+    segment can be made there either)."""
+    global _owned
+    if _owned is not None and _owned[0] == pid:
+        return
+    path = os.path.join(SHM_DIR, parent_prefix(pid) + _OWNER)
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            logger.debug("cannot create %s: %s", path, exc)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a sweeper holds it (microseconds)
+            if _same_file(fd, path):
+                # Two first executors at once may both get here: one
+                # descriptor is kept, and its lock is enough.
+                if _owned is not None and _owned[0] == pid:
+                    os.close(fd)
+                else:
+                    if _owned is None:
+                        atexit.register(_release_owner)
+                    _owned = (pid, fd)
+                return
+        except OSError as exc:
+            logger.debug("cannot lock %s: %s", path, exc)
+        os.close(fd)  # a sweeper unlinked the file we opened: make a new one
+    logger.warning("could not take the owner lock %s; its segments may be swept", path)
+
+
+def sweep_orphans() -> int:
+    """Unlink every segment of a parent whose owner lock nobody holds (it and
+    everything it forked are gone); how many. A prefix with no owner file
+    (made by an older version) is left alone: it cannot be judged."""
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return 0
+    removed = 0
+    swept = []
+    for owner in names:
+        if not (owner.startswith("spx-") and owner.endswith(f"-{_OWNER}")):
+            continue
+        path = os.path.join(SHM_DIR, owner)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # held: its parent lives
+            if not _same_file(fd, path):
+                continue  # swept and made anew meanwhile
+            prefix = owner[: -len(_OWNER)]
+            for name in names:
+                if name != owner and name.startswith(prefix) and _unlink(os.path.join(SHM_DIR, name)):
+                    removed += 1
+            _unlink(path)  # last, and under the lock: a new owner then makes a new file
+            swept.append(prefix)
+        finally:
+            os.close(fd)
+    if removed:
+        logger.info("removed %d shared memory segments of dead parents (%s)", removed, ", ".join(swept))
+    return removed
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _release_owner() -> None:
+    """At exit: remove our owner file, unless a forked child still holds the
+    lock with us (then a later sweep removes it)."""
+    global _owned
+    owned, _owned = _owned, None
+    if owned is None or owned[0] != os.getpid():
+        return
+    pid, fd = owned
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path = os.path.join(SHM_DIR, parent_prefix(pid) + _OWNER)
+        if _same_file(fd, path):
+            _unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _forget_inherited_owner() -> None:
+    """In a forked child: the parent's owner lock is not ours to keep (the
+    child takes its own on its first executor)."""
+    global _owned
+    owned, _owned = _owned, None
+    if owned is not None:
+        try:
+            os.close(owned[1])
+        except OSError:
+            pass
+
+
+os.register_at_fork(after_in_child=_forget_inherited_owner)
 
 
 def _unlink(path: str) -> bool:
