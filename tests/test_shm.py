@@ -404,6 +404,28 @@ def test_objects_pickled_through_picklebuffer_go_both_ways(make_executor: MakeEx
     assert isinstance(out, jobs.Buffered) and out.data == b"q" * (size + 1)
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.filterwarnings("ignore:.*is multi-threaded, use of fork:DeprecationWarning")
+def test_a_sink_dropped_before_close_removes_its_segment_in_its_own_process_only() -> None:
+    """Ctrl-C between pickling a job into a segment and ``close()``: the dropped sink
+    takes its segment with it. A child forked meanwhile drops its copy without
+    touching the parent's segment."""
+    from subproc_executor.wire import shm
+
+    sink = shm.Sink(16, _prefix() + "d")
+    sink.write(b"z" * 64)
+    (name,) = jobs.shm_names(_prefix() + "d")
+    pid = os.fork()
+    if pid == 0:
+        del sink
+        os._exit(0 if os.path.exists(f"/dev/shm/{name}") else 1)
+    status = os.waitpid(pid, 0)[1]
+    assert os.waitstatus_to_exitcode(status) == 0, "a forked child removed the parent's segment"
+    assert jobs.shm_names(_prefix() + "d") == [name]
+    del sink
+    assert jobs.shm_names(_prefix() + "d") == []
+
+
 def test_a_full_dev_shm_sends_the_payload_through_the_pipes(monkeypatch: pytest.MonkeyPatch) -> None:
     """A segment whose write fails (ENOSPC: /dev/shm full) is removed, and every byte
     written so far and after stays in memory, in order."""

@@ -315,6 +315,7 @@ class Sink:
         self._size = len(head)
         self._fd = -1
         self._path = ""
+        self._owner = 0  # the pid that made the segment, once there is one
         self._failed = False
 
     def write(self, data: Buffer) -> int:
@@ -341,6 +342,7 @@ class Sink:
             self._failed = True
             return
         self._fd, self._path = fd, path
+        self._owner = os.getpid()
         parts, self._parts = self._parts, []
         for part in parts:
             if self._fd >= 0:
@@ -398,6 +400,13 @@ class Sink:
         if self._path:
             _unlink(self._path)
             self._path = ""
+
+    def __del__(self) -> None:
+        # Dropped before close() (Ctrl-C between pickling and close, a caller's
+        # bug): the segment goes too. Only in the process that made it: a
+        # child forked meanwhile drops a copy of a segment that is not its own.
+        if self._path and self._owner == os.getpid():
+            self.discard()
 
 
 class Segment:
