@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import itertools
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import pytest
 from executor_fixtures import ANSWER_WITHIN, FAIL_WITHIN, POLL_SECONDS, MakeExecutor, pid_alive, wait_gone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_hardening import _interrupt_at_line
 
 from subproc_executor import JobTimeoutError, SubprocExecutor, WorkerDiedError, WorkerMemoryError
 
@@ -123,6 +126,48 @@ def test_cancel_running_stops_the_job_and_only_it(make_executor: MakeExecutor, t
     assert other.result(ANSWER_WITHIN) == "other done"
     assert ex.submit(jobs.square, 7).result(ANSWER_WITHIN) == 49
     assert ex.statistics().cancelled == 1
+
+
+@PIPES
+@pytest.mark.timeout(120)
+def test_an_interrupt_at_every_line_of_cancel_never_leaves_a_cancelled_job_running(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
+    """Ctrl-C at the 1st, 2nd, ... line that ``cancel()`` of a running job runs, one
+    job each, until a cancel runs to its end untouched: either the future was not
+    cancelled (a second cancel then stops the job) or it was, and its job is stopped.
+    On one worker the next job then runs; a cancelled job left running would hold the
+    worker until its gate (never opened) times out."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("Ctrl-C during cancel()")
+
+    ex = make_executor(1, cancel_running=True)
+    interrupted = 0
+    old = signal.signal(signal.SIGUSR1, on_signal)
+    try:
+        for k in range(1, 1000):
+            pid_path = str(tmp_path / f"{k}.pid")
+            fut = ex.submit(jobs.block_with_pid, pid_path, str(tmp_path / "never"), None)
+            jobs.read_pid(pid_path)
+            tracer = _interrupt_at_line(k)
+            sys.settrace(tracer)
+            try:
+                fut.cancel()
+            except KeyboardInterrupt:
+                interrupted += 1
+            finally:
+                sys.settrace(None)
+            if not fut.cancelled():
+                assert fut.cancel() is True
+            assert ex.submit(jobs.square, k).result(FAIL_WITHIN) == k * k, (
+                f"interrupted at line {k} of cancel(), the cancelled job still holds the only worker"
+            )
+            if tracer.count[0] < k:  # type: ignore[attr-defined]
+                break  # the whole cancel ran before line k: every line was tried
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert interrupted > 5, f"only {interrupted} cancels were interrupted: nothing much was tested"
 
 
 @PIPES

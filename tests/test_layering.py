@@ -244,7 +244,8 @@ LAYERS: dict[str, Layer] = {
         why="decodes outcome bytes and JOB_ERROR records into values or exceptions",
     ),
     "parent.stoppable": _layer(
-        never_external=f"os subprocess selectors {_NO_LOKY}",
+        "wire.sigdefer",
+        f"os subprocess selectors {_NO_LOKY}",
         why="a Future whose cancel() stops a running job (cancel_running)",
     ),
     "parent.progress": _layer(
