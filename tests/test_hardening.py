@@ -112,15 +112,21 @@ def _shutdown_returns(ex: SubprocExecutor, kill: Kill) -> bool:
     return False
 
 
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process of session ``sid``: a script and everything it started."""
-    killed = set()
+def _kill_session(sid: int, *, stop_first: bool = False) -> set[int]:
+    """SIGKILL every process of session ``sid``: a script and everything it started.
+    ``stop_first``: SIGSTOP them all before, so that all die at one instant and none
+    can notice another's death and clean up after it. Returns those still alive."""
+    pids = set()
     for pid in psutil.pids():
         with contextlib.suppress(OSError):
             if os.getsid(pid) == sid:
+                os.kill(pid, signal.SIGSTOP if stop_first else signal.SIGKILL)
+                pids.add(pid)
+    if stop_first:
+        for pid in pids:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-                killed.add(pid)
-    wait_gone(killed)
+    return wait_gone(pids)
 
 
 def _start_script(tmp_path: Path, source: str, *args: str, **kw: Any) -> subprocess.Popen[bytes]:

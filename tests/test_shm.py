@@ -18,7 +18,6 @@ from pathlib import Path
 
 import faults
 import jobs
-import psutil
 import pytest
 from executor_fixtures import ANSWER_WITHIN, FAIL_WITHIN, GONE_WITHIN, POLL_SECONDS, MakeExecutor, wait_gone
 from hypothesis import HealthCheck, given, settings
@@ -190,21 +189,6 @@ def test_parent_killed_mid_job_leaves_no_segment(tmp_path: Path, backend: str) -
                 os.unlink(os.path.join("/dev/shm", name))
 
 
-def _stop_then_kill_session(sid: int) -> None:
-    """Kill a script and all it started at one instant: stopped first, none of them
-    can notice another's death and clean up after it."""
-    pids = set()
-    for pid in psutil.pids():
-        with contextlib.suppress(OSError):
-            if os.getsid(pid) == sid:
-                os.kill(pid, signal.SIGSTOP)
-                pids.add(pid)
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    assert not wait_gone(pids)
-
-
 def _unlink_all(prefix: str) -> None:
     for name in os.listdir("/dev/shm"):
         if name.startswith(prefix):
@@ -226,7 +210,7 @@ def test_segments_of_a_parent_killed_with_its_sidecar_are_swept_by_the_next_side
         proc.stdout.readline()
         assert jobs.shm_names(prefix), "the job's argument segment"
         assert os.path.exists(f"/dev/shm/{prefix}owner"), "the parent's owner file"
-        _stop_then_kill_session(proc.pid)
+        assert not _kill_session(proc.pid, stop_first=True)
         proc.wait()
         assert jobs.shm_names(prefix), "a segment was removed by a process that was killed"
         ex = make_executor(1)
