@@ -305,6 +305,27 @@ def test_example_backend_refuses_its_unsupported_options_in_the_sidecar(tmp_path
         ex.shutdown(wait=True)
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="the stdlib pool has max_tasks_per_child from 3.11")
+@pytest.mark.timeout(120)
+def test_shutting_down_a_pool_that_retires_workers_kills_no_thread_of_it(tmp_path: Path) -> None:
+    """The stdlib's ``shutdown(wait=False)`` dropped the pool's process table while its
+    manager thread still replaced a retired worker: the thread died of a TypeError
+    (its traceback in the sidecar's log) and the sidecar's shutdown waited out its
+    15 s bound (2 of 8 runs). Six executors that retire a worker per job, each shut
+    down right after its map: no traceback in any log."""
+    for i in range(6):
+        log = tmp_path / f"sidecar-{i}.log"
+        ex = SubprocExecutor(
+            2, backend="process", mp_context="forkserver", max_tasks_per_child=1, log_path=log
+        )
+        try:
+            assert list(ex.map(jobs.square, range(6))) == [x * x for x in range(6)]
+        finally:
+            ex.shutdown(wait=True)
+        text = log.read_text(errors="replace") if log.exists() else ""
+        assert "Traceback" not in text, f"executor {i}: {text}"
+
+
 # -- the sidecar-side API, in this process ----------------------------------------------------
 
 IN_PROCESS = [

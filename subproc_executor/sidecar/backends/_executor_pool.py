@@ -45,6 +45,10 @@ class ExecutorPoolBackend:
         """Stop ``pool`` taking work and drop what it has not started, without waiting."""
         raise NotImplementedError
 
+    def _stop_taking_work(self, pool: Executor) -> None:
+        """Stop ``pool`` taking work; what it has runs to the end. Without waiting."""
+        pool.shutdown(wait=False)
+
     def start(self) -> None:
         if self._pool is not None:
             return
@@ -128,7 +132,7 @@ class ExecutorPoolBackend:
             self._abandon(pool)
             terminate_children()
         else:
-            pool.shutdown(wait=False)  # the manager thread finishes the work, then exits
+            self._stop_taking_work(pool)  # the manager thread finishes the work, then exits
         if isinstance(manager, threading.Thread):
             _unwedge(manager, result_queue)
             manager.join()

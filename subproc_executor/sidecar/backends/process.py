@@ -1,7 +1,7 @@
 """The stdlib backend: a ``concurrent.futures.ProcessPoolExecutor`` inside the sidecar.
 
-Uses only the pool's public API (see ``_executor_pool`` for what it shares
-with the loky backend).
+Uses the pool's public API, but for the first half of its shutdown (see
+``_begin_shutdown``); ``_executor_pool`` has what it shares with the loky backend.
 """
 
 from __future__ import annotations
@@ -49,4 +49,34 @@ class ProcessBackend(ExecutorPoolBackend):
         )
 
     def _abandon(self, pool: Executor) -> None:
-        pool.shutdown(wait=False, cancel_futures=True)
+        _begin_shutdown(pool, cancel_futures=True)
+
+    def _stop_taking_work(self, pool: Executor) -> None:
+        _begin_shutdown(pool, cancel_futures=False)
+
+
+def _begin_shutdown(pool: Executor, *, cancel_futures: bool) -> None:
+    """``pool.shutdown(wait=False)``, but the pool keeps its references until
+    the ``shutdown(wait=True)`` that follows the join of its manager thread.
+
+    The stdlib's drops ``_processes`` at once, while its manager thread may
+    still replace a worker that retired (``max_tasks_per_child``): that thread
+    then dies of ``TypeError: object of type 'NoneType' has no len()`` in
+    ``_adjust_process_count`` (CPython 3.11 to 3.13) with a traceback on our
+    stderr, joins none of its workers, and the sidecar's shutdown waited out
+    its bound of 15 s (2 of 8 shutdowns of a forkserver pool with
+    ``max_tasks_per_child=1``). Here only the first half of that shutdown is
+    done: its flags, under its lock, and the manager thread's wake-up. A pool
+    whose ``shutdown`` is not the stdlib's gets the public call.
+    """
+    p: Any = pool
+    if type(pool).shutdown is not ProcessPoolExecutor.shutdown or not all(
+        hasattr(p, name) for name in ("_shutdown_lock", "_shutdown_thread", "_executor_manager_thread_wakeup")
+    ):
+        pool.shutdown(wait=False, cancel_futures=cancel_futures)
+        return
+    with p._shutdown_lock:
+        p._cancel_pending_futures = cancel_futures
+        p._shutdown_thread = True
+        if p._executor_manager_thread_wakeup is not None:
+            p._executor_manager_thread_wakeup.wakeup()
