@@ -43,6 +43,7 @@ import itertools
 import logging
 import mmap
 import os
+import time
 from collections.abc import Iterable
 
 # typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
@@ -172,39 +173,72 @@ def sweep(prefixes: Iterable[str]) -> int:
 _OWNER: Final = "owner"
 # (pid, descriptor) of this process's own owner lock; reset in a forked child.
 _owned: tuple[int, int] | None = None
+# How long own_prefix waits out a sweeper's exclusive lock: one holds it for
+# microseconds, and one stopped mid-sweep must not hang an executor's start.
+_OWNER_WAIT_SECONDS: Final = 1.0
 
 
 def own_prefix(pid: int) -> None:
     """Hold the owner lock of ``spx-<pid>-`` for as long as this process lives,
     so no sidecar takes its segments for orphans. Idempotent and cheap after
     the first call. Without a writable ``/dev/shm`` it does nothing (no
-    segment can be made there either)."""
+    segment can be made there either).
+
+    An owner file nobody holds was left by a dead process that had our pid:
+    its names go first, so none of them is taken for ours."""
     global _owned
     if _owned is not None and _owned[0] == pid:
         return
-    path = os.path.join(SHM_DIR, parent_prefix(pid) + _OWNER)
-    for _ in range(5):
+    prefix = parent_prefix(pid)
+    path = os.path.join(SHM_DIR, prefix + _OWNER)
+    deadline = time.monotonic() + _OWNER_WAIT_SECONDS
+    while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd, made = _open_owner(path)
         except OSError as exc:
             logger.debug("cannot create %s: %s", path, exc)
             return
+        kept = False
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a sweeper holds it (microseconds)
-            if _same_file(fd, path):
-                # Two first executors at once may both get here: one
-                # descriptor is kept, and its lock is enough.
-                if _owned is not None and _owned[0] == pid:
-                    os.close(fd)
-                else:
-                    if _owned is None:
-                        atexit.register(_release_owner)
+            if not made and _flock(fd, fcntl.LOCK_EX) and _same_file(fd, path):
+                _unlink_under(prefix, os.listdir(SHM_DIR), keep=prefix + _OWNER)
+            if _flock(fd, fcntl.LOCK_SH) and _same_file(fd, path):
+                if _owned is None or _owned[0] != pid:  # else another thread's first executor won
                     _owned = (pid, fd)
+                    kept = True
                 return
-        except OSError as exc:
-            logger.debug("cannot lock %s: %s", path, exc)
-        os.close(fd)  # a sweeper unlinked the file we opened: make a new one
-    logger.warning("could not take the owner lock %s; its segments may be swept", path)
+        finally:
+            if not kept:
+                os.close(fd)
+        # A sweeper holds the lock (for microseconds) or removed the file we opened.
+        if time.monotonic() >= deadline:
+            logger.warning("could not take the owner lock %s; its segments may be swept", path)
+            return
+        time.sleep(0.001)
+
+
+def _open_owner(path: str) -> tuple[int, bool]:
+    """(descriptor, whether we made the file) of an owner file."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
+    except FileExistsError:
+        return os.open(path, flags), False
+
+
+def _flock(fd: int, kind: int) -> bool:
+    """Take (or convert to) a lock without waiting; False if another holds it."""
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _unlink_under(prefix: str, names: Iterable[str], keep: str) -> int:
+    """Unlink every one of ``names`` under ``prefix`` but ``keep``; how many."""
+    doomed = [name for name in names if name != keep and name.startswith(prefix)]
+    return sum(_unlink(os.path.join(SHM_DIR, name)) for name in doomed)
 
 
 def sweep_orphans() -> int:
@@ -226,16 +260,12 @@ def sweep_orphans() -> int:
         except OSError:
             continue
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            if not _flock(fd, fcntl.LOCK_EX):
                 continue  # held: its parent lives
             if not _same_file(fd, path):
                 continue  # swept and made anew meanwhile
             prefix = owner[: -len(_OWNER)]
-            for name in names:
-                if name != owner and name.startswith(prefix) and _unlink(os.path.join(SHM_DIR, name)):
-                    removed += 1
+            removed += _unlink_under(prefix, names, keep=owner)
             _unlink(path)  # last, and under the lock: a new owner then makes a new file
             swept.append(prefix)
         finally:
@@ -255,20 +285,17 @@ def _same_file(fd: int, path: str) -> bool:
 
 
 def _release_owner() -> None:
-    """At exit: remove our owner file, unless a forked child still holds the
-    lock with us (then a later sweep removes it)."""
+    """At exit, after every executor's exit-time shutdown (registered before
+    theirs, so it runs after): remove our owner file, still holding its lock."""
     global _owned
     owned, _owned = _owned, None
     if owned is None or owned[0] != os.getpid():
         return
     pid, fd = owned
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         path = os.path.join(SHM_DIR, parent_prefix(pid) + _OWNER)
         if _same_file(fd, path):
             _unlink(path)
-    except OSError:
-        pass
     finally:
         os.close(fd)
 
@@ -286,6 +313,8 @@ def _forget_inherited_owner() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_inherited_owner)
+# At import: the parent's exit-time shutdown (parent.executor) registers later, so runs first.
+atexit.register(_release_owner)
 
 
 def _unlink(path: str) -> bool:
@@ -315,7 +344,7 @@ class Sink:
         self._size = len(head)
         self._fd = -1
         self._path = ""
-        self._owner = 0  # the pid that made the segment, once there is one
+        self._owner = os.getpid()  # only this process removes a segment it dropped
         self._failed = False
 
     def write(self, data: Buffer) -> int:
@@ -342,7 +371,6 @@ class Sink:
             self._failed = True
             return
         self._fd, self._path = fd, path
-        self._owner = os.getpid()
         parts, self._parts = self._parts, []
         for part in parts:
             if self._fd >= 0:
@@ -405,8 +433,11 @@ class Sink:
         # Dropped before close() (Ctrl-C between pickling and close, a caller's
         # bug): the segment goes too. Only in the process that made it: a
         # child forked meanwhile drops a copy of a segment that is not its own.
-        if self._path and self._owner == os.getpid():
-            self.discard()
+        try:
+            if self._path and self._owner == os.getpid():
+                self.discard()
+        except Exception:  # at interpreter exit, os may be gone already
+            pass
 
 
 class Segment:
