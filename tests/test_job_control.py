@@ -135,9 +135,10 @@ def test_an_interrupt_at_every_line_of_cancel_never_leaves_a_cancelled_job_runni
 ) -> None:
     """Ctrl-C at the 1st, 2nd, ... line that ``cancel()`` of a running job runs, one
     job each, until a cancel runs to its end untouched: either the future was not
-    cancelled (a second cancel then stops the job) or it was, and its job is stopped.
-    On one worker the next job then runs; a cancelled job left running would hold the
-    worker until its gate (never opened) times out."""
+    cancelled (a second cancel then stops the job) or it was, and its job is stopped and
+    its callbacks ran (an asyncio awaiter waits on one). On one worker the next job then
+    runs; a cancelled job left running would hold the worker until its gate (never
+    opened) times out."""
 
     def on_signal(signum: int, frame: object) -> None:
         raise KeyboardInterrupt("Ctrl-C during cancel()")
@@ -149,6 +150,8 @@ def test_an_interrupt_at_every_line_of_cancel_never_leaves_a_cancelled_job_runni
         for k in range(1, 1000):
             pid_path = str(tmp_path / f"{k}.pid")
             fut = ex.submit(jobs.block_with_pid, pid_path, str(tmp_path / "never"), None)
+            called: list[object] = []
+            fut.add_done_callback(called.append)
             jobs.read_pid(pid_path)
             tracer = _interrupt_at_line(k)
             sys.settrace(tracer)
@@ -160,6 +163,7 @@ def test_an_interrupt_at_every_line_of_cancel_never_leaves_a_cancelled_job_runni
                 sys.settrace(None)
             if not fut.cancelled():
                 assert fut.cancel() is True
+            assert called == [fut], f"interrupted at line {k} of cancel(), its callbacks never ran"
             assert ex.submit(jobs.square, k).result(FAIL_WITHIN) == k * k, (
                 f"interrupted at line {k} of cancel(), the cancelled job still holds the only worker"
             )

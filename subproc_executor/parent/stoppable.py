@@ -42,8 +42,9 @@ class StoppableFuture(Future):  # type: ignore[type-arg]
         self._stop = stop
 
     def cancel(self) -> bool:
-        # Marked cancelled and asked to stop in one step: Ctrl-C between the two
-        # would leave a future cancelled whose job runs on (see wire.sigdefer).
+        # Marked cancelled, asked to stop and its callbacks run in one step: Ctrl-C
+        # in between would leave a future cancelled whose job runs on, or whose
+        # callbacks (an asyncio awaiter's) never run (see wire.sigdefer).
         with deferred():
             with self._condition:
                 if self._state != RUNNING or self._stop is None:
@@ -59,7 +60,7 @@ class StoppableFuture(Future):  # type: ignore[type-arg]
                     self._condition.notify_all()
             if stop is not None:
                 stop()  # never blocks (see Supervisor.stop_job); before callbacks that might
+                self._invoke_callbacks()  # type: ignore[attr-defined]
         if stop is None:
             return super().cancel()
-        self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
