@@ -78,7 +78,8 @@ class _Deferral:
         self.saved: dict[int, Handler] = {}
         self.caught: list[int] = []
         self.waiting = False
-        self._forked_out = False  # set just before a fork, read in the child
+        # The main thread's ident: a child forked by another thread has a new one.
+        self._main_ident = threading.main_thread().ident
         self.handler = self._record  # one bound method, so getsignal() can be compared to it
         # getsignal() of every signal at the last enter, and which were callable then.
         self._seen: tuple[tuple[Handler, ...], tuple[int, ...]] = ((), ())
@@ -149,19 +150,17 @@ class _Deferral:
             _setsignal(signum, original)
             del self.saved[signum]
 
-    def before_fork(self) -> None:
-        # Only a fork by another thread leaves the section behind: the main
-        # thread forking inside one (a callback's fork) leaves it in the child too.
-        self._forked_out = bool(self.depth) and not _on_main_thread()
-
     def after_fork_in_child(self) -> None:
-        """Another thread forked while the main thread was in a deferral: the
-        child's one thread never leaves that section, so its handlers go back
-        now (else each signal would only be noted until the escape hatch).
-        The signals noted so far were the parent's, and stay with it."""
-        if not self._forked_out:
+        """Another thread forked while the main thread was in a deferral (or
+        entering or leaving one): the child's one thread never leaves that
+        section, so its handlers go back now (else each signal would only be
+        noted until the escape hatch). The signals noted so far were the
+        parent's, and stay with it. A fork by the main thread inside one (a
+        callback that forks) leaves it in the child too: nothing to do."""
+        me = threading.get_ident()  # a thread keeps its ident across fork()
+        forked_out, self._main_ident = me != self._main_ident, me
+        if not forked_out or not (self.depth or self.saved):
             return
-        self._forked_out = False
         self.depth = 0
         self.waiting = False
         self.caught = []
@@ -169,7 +168,7 @@ class _Deferral:
 
 
 _DEFERRAL: Final = _Deferral()
-os.register_at_fork(before=_DEFERRAL.before_fork, after_in_child=_DEFERRAL.after_fork_in_child)
+os.register_at_fork(after_in_child=_DEFERRAL.after_fork_in_child)
 
 
 def _on_main_thread() -> bool:
