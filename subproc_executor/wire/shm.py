@@ -156,12 +156,8 @@ def sweep(prefixes: Iterable[str]) -> int:
     wanted = tuple(prefixes)
     if not wanted:
         return 0
-    try:
-        names = os.listdir(SHM_DIR)
-    except OSError:
-        return 0
     n = 0
-    for name in names:
+    for name in _names():
         if name.startswith(wanted) and _unlink(os.path.join(SHM_DIR, name)):
             n += 1
     if n:
@@ -201,7 +197,7 @@ def own_prefix(pid: int) -> None:
         kept = False
         try:
             if not made and _flock(fd, fcntl.LOCK_EX) and _same_file(fd, path):
-                _unlink_under(prefix, os.listdir(SHM_DIR), keep=prefix + _OWNER)
+                _unlink_under(prefix, _names(), keep=prefix + _OWNER)
             if _flock(fd, fcntl.LOCK_SH) and _same_file(fd, path):
                 if _owned is None or _owned[0] != pid:  # else another thread's first executor won
                     _owned = (pid, fd)
@@ -245,10 +241,7 @@ def sweep_orphans() -> int:
     """Unlink every segment of a parent whose owner lock nobody holds (it and
     everything it forked are gone); how many. A prefix with no owner file
     (made by an older version) is left alone: it cannot be judged."""
-    try:
-        names = os.listdir(SHM_DIR)
-    except OSError:
-        return 0
+    names = _names()
     removed = 0
     swept = []
     for owner in names:
@@ -315,6 +308,14 @@ def _forget_inherited_owner() -> None:
 os.register_at_fork(after_in_child=_forget_inherited_owner)
 # At import: the parent's exit-time shutdown (parent.executor) registers later, so runs first.
 atexit.register(_release_owner)
+
+
+def _names() -> list[str]:
+    """What ``/dev/shm`` holds now (nothing if it cannot be read)."""
+    try:
+        return os.listdir(SHM_DIR)
+    except OSError:
+        return []
 
 
 def _unlink(path: str) -> bool:
