@@ -94,11 +94,15 @@ class InterruptRain:
 
 
 def _in_finalizer(frame: FrameType | None) -> bool:
-    """Whether the handler runs inside a GC finalizer (``__del__``, a
-    ``weakref.finalize``), where CPython prints an exception and drops it."""
+    """Whether the handler runs inside code the garbage collector called (a
+    ``__del__``, a ``weakref.finalize``, a ``gc.callbacks`` entry), where CPython
+    prints an exception and drops it."""
+    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
     while frame is not None:
         code = frame.f_code
-        if code.co_name == "__del__" or (code.co_name == "__call__" and code.co_filename == weakref.__file__):
+        if code.co_name == "__del__" or code in callbacks:
+            return True
+        if code.co_name == "__call__" and code.co_filename == weakref.__file__:
             return True
         frame = frame.f_back
     return False

@@ -153,7 +153,7 @@ def test_an_interrupt_at_every_line_of_cancel_never_leaves_a_cancelled_job_runni
             called: list[object] = []
             fut.add_done_callback(called.append)
             jobs.read_pid(pid_path)
-            tracer = _interrupt_at_line(k)
+            tracer = _interrupt_at_line(k, also=("concurrent/futures",))
             sys.settrace(tracer)
             try:
                 fut.cancel()
@@ -172,6 +172,49 @@ def test_an_interrupt_at_every_line_of_cancel_never_leaves_a_cancelled_job_runni
     finally:
         signal.signal(signal.SIGUSR1, old)
     assert interrupted > 5, f"only {interrupted} cancels were interrupted: nothing much was tested"
+
+
+@PIPES
+@pytest.mark.timeout(120)
+def test_an_interrupt_at_every_line_of_cancel_of_a_queued_job_still_runs_its_callbacks(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
+    """The same for a job still queued (behind one that holds the only worker): the
+    stdlib's cancel marks the future, then runs its callbacks; Ctrl-C in between
+    left a cancelled future whose callbacks never ran."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("Ctrl-C during cancel()")
+
+    ex = make_executor(1, cancel_running=True)
+    gate = tmp_path / "gate"
+    blocker = ex.submit(jobs.block_with_pid, str(tmp_path / "blocker.pid"), str(gate), "done")
+    jobs.read_pid(tmp_path / "blocker.pid")
+    interrupted = 0
+    old = signal.signal(signal.SIGUSR1, on_signal)
+    try:
+        for k in range(1, 1000):
+            fut = ex.submit(jobs.square, k)
+            called: list[object] = []
+            fut.add_done_callback(called.append)
+            tracer = _interrupt_at_line(k, also=("concurrent/futures",))
+            sys.settrace(tracer)
+            try:
+                fut.cancel()
+            except KeyboardInterrupt:
+                interrupted += 1
+            finally:
+                sys.settrace(None)
+            if not fut.cancelled():
+                assert fut.cancel() is True
+            assert called == [fut], f"interrupted at line {k} of cancel(), its callbacks never ran"
+            if tracer.count[0] < k:  # type: ignore[attr-defined]
+                break
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        gate.touch()
+    assert blocker.result(ANSWER_WITHIN) == "done"
+    assert interrupted > 2, f"only {interrupted} cancels were interrupted: nothing much was tested"
 
 
 @PIPES

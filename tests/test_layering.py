@@ -188,7 +188,8 @@ LAYERS: dict[str, Layer] = {
         never_external=_NO_LOKY, why="drain, wake pipe, signal, pidfd: one copy for every process"
     ),
     "wire.shm": _layer(
-        never_external=f"pickle threading subprocess {_NO_LOKY}",
+        "wire.sigdefer",
+        f"pickle threading subprocess {_NO_LOKY}",
         why="big payloads as /dev/shm segments whose names cross the pipes; never unpickles",
     ),
     # -- the public records -----------------------------------------------------------------

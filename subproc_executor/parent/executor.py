@@ -27,6 +27,7 @@ imported here: they are named by string.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import signal
@@ -74,6 +75,13 @@ class _Unset:
 
 
 _UNSET: Final = _Unset()
+
+
+def _made_by(made: list[T], factory: Callable[[], T]) -> T:
+    """``factory()``, noted in ``made``."""
+    item = factory()
+    made.append(item)
+    return item
 
 
 class SubprocExecutor(Executor):
@@ -215,16 +223,22 @@ class SubprocExecutor(Executor):
         """``by_value``: whether the job's function needs cloudpickle, if the
         caller knows (``map`` asks once for all its chunks); else asked here."""
         segment = None
+        made: list[Any] = []  # every sink made, so none outlives a failure (Ctrl-C included)
         try:
             if self._shm_threshold is None:
                 payload = self._pickler.dumps((fn, args, kwargs))
             else:
                 if by_value is None:
                     by_value = needs_value(fn)
-                sink = dump_into(self._pickler, (fn, args, kwargs), self._core.new_job_sink, by_value)
+                new_sink = functools.partial(_made_by, made, self._core.new_job_sink)
+                sink = dump_into(self._pickler, (fn, args, kwargs), new_sink, by_value)
                 payload, segment = sink.close()
-        except (Exception, SystemExit) as exc:  # a __reduce__ may raise anything; the job fails alone
-            return self._core.fail_unpicklable(exc)
+        except BaseException as exc:
+            for sink in made:
+                sink.discard()  # after close() there is nothing left to discard: the segment owns it
+            if not isinstance(exc, (Exception, SystemExit)):
+                raise
+            return self._core.fail_unpicklable(exc)  # a __reduce__ may raise anything; the job fails alone
         if segment is not None:
             payload = segment.ref
         return self._core.submit_payload(payload, segment, options)

@@ -58,9 +58,8 @@ class StoppableFuture(Future):  # type: ignore[type-arg]
                     for waiter in waiters:
                         waiter.add_cancelled(self)
                     self._condition.notify_all()
-            if stop is not None:
-                stop()  # never blocks (see Supervisor.stop_job); before callbacks that might
-                self._invoke_callbacks()  # type: ignore[attr-defined]
-        if stop is None:
-            return super().cancel()
+            if stop is None:
+                return super().cancel()  # queued or done: the stdlib's, its callbacks inside too
+            stop()  # never blocks (see Supervisor.stop_job); before callbacks that might
+            self._invoke_callbacks()  # type: ignore[attr-defined]
         return True

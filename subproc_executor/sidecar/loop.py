@@ -563,7 +563,7 @@ class SidecarLoop:
             finally:
                 os.close(pidfd)
         if os.getppid() != self._parent_pid:
-            shm.sweep([shm.parent_prefix(self._parent_pid)])
+            shm.sweep_dead_parent(self._parent_pid)
         else:
             shm.sweep([self._shm_prefix])
 

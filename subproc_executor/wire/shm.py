@@ -46,6 +46,8 @@ import os
 import time
 from collections.abc import Iterable
 
+from .sigdefer import deferred
+
 # typing stays unimported at run time: 4 ms and 0.5 MiB in every process.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ __all__ = [
     "parent_prefix",
     "result_prefix",
     "sweep",
+    "sweep_dead_parent",
     "sweep_orphans",
 ]
 
@@ -169,6 +172,8 @@ def sweep(prefixes: Iterable[str]) -> int:
 _OWNER: Final = "owner"
 # (pid, descriptor) of this process's own owner lock; reset in a forked child.
 _owned: tuple[int, int] | None = None
+# The pid own_prefix was first called for in this process.
+_tried: int | None = None
 # How long own_prefix waits out a sweeper's exclusive lock: one holds it for
 # microseconds, and one stopped mid-sweep must not hang an executor's start.
 _OWNER_WAIT_SECONDS: Final = 1.0
@@ -182,9 +187,12 @@ def own_prefix(pid: int) -> None:
 
     An owner file nobody holds was left by a dead process that had our pid:
     its names go first, so none of them is taken for ours."""
-    global _owned
+    global _owned, _tried
     if _owned is not None and _owned[0] == pid:
         return
+    # Only before our first segment can what is there be a dead process's: after
+    # a call that gave up, we may have made some without the lock.
+    first, _tried = _tried != pid, pid
     prefix = parent_prefix(pid)
     path = os.path.join(SHM_DIR, prefix + _OWNER)
     deadline = time.monotonic() + _OWNER_WAIT_SECONDS
@@ -196,7 +204,7 @@ def own_prefix(pid: int) -> None:
             return
         kept = False
         try:
-            if not made and _flock(fd, fcntl.LOCK_EX) and _same_file(fd, path):
+            if first and not made and _flock(fd, fcntl.LOCK_EX) and _same_file(fd, path):
                 _unlink_under(prefix, _names(), keep=prefix + _OWNER)
             if _flock(fd, fcntl.LOCK_SH) and _same_file(fd, path):
                 if _owned is None or _owned[0] != pid:  # else another thread's first executor won
@@ -211,6 +219,31 @@ def own_prefix(pid: int) -> None:
             logger.warning("could not take the owner lock %s; its segments may be swept", path)
             return
         time.sleep(0.001)
+
+
+def sweep_dead_parent(pid: int) -> int:
+    """A sidecar's sweep once its parent ``pid`` is gone: every name under its
+    prefix, the owner file last; how many. Not while another process holds
+    that owner lock (one with the same pid in another pid namespace sharing
+    ``/dev/shm``)."""
+    prefix = parent_prefix(pid)
+    path = os.path.join(SHM_DIR, prefix + _OWNER)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:  # the parent exited and removed it, or an older version
+        return sweep([prefix])
+    except OSError:
+        return 0
+    try:
+        if not _flock(fd, fcntl.LOCK_EX) or not _same_file(fd, path):
+            return 0  # held, or taken anew: by another process with that pid
+        removed = _unlink_under(prefix, _names(), keep=prefix + _OWNER)
+        _unlink(path)
+    finally:
+        os.close(fd)
+    if removed:
+        logger.info("removed %d shared memory segments of dead parent %d", removed, pid)
+    return removed
 
 
 def _open_owner(path: str) -> tuple[int, bool]:
@@ -287,7 +320,9 @@ def _release_owner() -> None:
     pid, fd = owned
     try:
         path = os.path.join(SHM_DIR, parent_prefix(pid) + _OWNER)
-        if _same_file(fd, path):
+        # Not if another holds it too: a process with our pid in another pid
+        # namespace sharing /dev/shm, whose segments the file still guards.
+        if _flock(fd, fcntl.LOCK_EX) and _same_file(fd, path):
             _unlink(path)
     finally:
         os.close(fd)
@@ -345,7 +380,6 @@ class Sink:
         self._size = len(head)
         self._fd = -1
         self._path = ""
-        self._owner = os.getpid()  # only this process removes a segment it dropped
         self._failed = False
 
     def write(self, data: Buffer) -> int:
@@ -362,16 +396,21 @@ class Sink:
             self._write_fd(data)
         return n
 
+    # The steps that make, hand over or remove the file run inside a deferral:
+    # Ctrl-C between a file's creation (or closing) and our record of it would
+    # leak it, or close its descriptor twice (see wire.sigdefer).
+
     def _open(self) -> None:
         name = next_name(self._prefix)
         path = os.path.join(SHM_DIR, name)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            logger.debug("cannot create shared memory segment %s: %s", path, exc)
-            self._failed = True
-            return
-        self._fd, self._path = fd, path
+        with deferred():
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                logger.debug("cannot create shared memory segment %s: %s", path, exc)
+                self._failed = True
+                return
+            self._fd, self._path = fd, path
         parts, self._parts = self._parts, []
         for part in parts:
             if self._fd >= 0:
@@ -396,15 +435,16 @@ class Sink:
 
     def _fallback(self) -> None:
         """Move what the segment holds back to memory and remove it."""
-        fd, self._fd = self._fd, -1
-        self._failed = True
-        try:
-            with open(fd, "rb", closefd=True) as f:
-                f.seek(0)
-                self._parts = [f.read()]
-        finally:
-            _unlink(self._path)
-            self._path = ""
+        with deferred():
+            fd, self._fd = self._fd, -1
+            self._failed = True
+            try:
+                with open(fd, "rb", closefd=True) as f:
+                    f.seek(0)
+                    self._parts = [f.read()]
+            finally:
+                _unlink(self._path)
+                self._path = ""
 
     def close(self) -> tuple[bytes, Segment | None]:
         """(the payload, None) if it stayed in memory; (b"", its segment) otherwise.
@@ -412,10 +452,11 @@ class Sink:
         The ``Segment`` owns the file from here (it unlinks it when dropped;
         ``detach()`` it to hand the name on instead)."""
         if self._fd >= 0:
-            segment = Segment(os.path.basename(self._path))
-            self._path = ""
-            os.close(self._fd)
-            self._fd = -1
+            with deferred():
+                segment = Segment(os.path.basename(self._path))
+                self._path = ""
+                fd, self._fd = self._fd, -1
+                os.close(fd)
             return b"", segment
         parts, self._parts = self._parts, []
         return (parts[0] if len(parts) == 1 else b"".join(parts)), None
@@ -423,22 +464,13 @@ class Sink:
     def discard(self) -> None:
         """Drop everything written, and the segment if one was made. Idempotent."""
         self._parts = []
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if self._path:
-            _unlink(self._path)
-            self._path = ""
-
-    def __del__(self) -> None:
-        # Dropped before close() (Ctrl-C between pickling and close, a caller's
-        # bug): the segment goes too. Only in the process that made it: a
-        # child forked meanwhile drops a copy of a segment that is not its own.
-        try:
-            if self._path and self._owner == os.getpid():
-                self.discard()
-        except Exception:  # at interpreter exit, os may be gone already
-            pass
+        with deferred():
+            if self._fd >= 0:
+                fd, self._fd = self._fd, -1
+                os.close(fd)
+            if self._path:
+                _unlink(self._path)
+                self._path = ""
 
 
 class Segment:
@@ -466,8 +498,8 @@ class Segment:
     def release(self) -> None:
         """Unlink the segment (once, and only in the process that made it)."""
         if self._owner == os.getpid():
+            _unlink(os.path.join(SHM_DIR, self.name))  # first: Ctrl-C in between only unlinks twice
             self._owner = 0
-            _unlink(os.path.join(SHM_DIR, self.name))
 
     def detach(self) -> None:
         """Forget the segment without unlinking it (it was never made)."""

@@ -22,7 +22,7 @@ A section that hangs stays breakable: a signal that comes once it has lasted
 ``_ESCAPE_SECONDS`` runs its handler at once.
 If putting a handler back is itself cut short by another signal, the swapped
 one passes every signal straight to the original, so none is ever swallowed.
-A child forked by another thread during a deferral gets its handlers back.
+A child forked during a deferral gets its handlers back.
 One known cost: ``signal.signal`` drops a ``siginterrupt(sig, False)``
 (SA_RESTART) setting of a swapped signal.
 """
@@ -151,19 +151,20 @@ class _Deferral:
             del self.saved[signum]
 
     def after_fork_in_child(self) -> None:
-        """Another thread forked while the main thread was in a deferral (or
-        entering or leaving one): the child's one thread never leaves that
-        section, so its handlers go back now (else each signal would only be
-        noted until the escape hatch). The signals noted so far were the
-        parent's, and stay with it. A fork by the main thread inside one (a
-        callback that forks) leaves it in the child too: nothing to do."""
+        """In every forked child: handlers back, and the signals noted so far
+        left to the parent they came to. A child may never leave the section
+        it was forked in: a fork by another thread leaves the main thread's
+        behind, and one by the main thread (a done-callback that starts a
+        ``multiprocessing`` Process) may end in ``os._exit``. Else each signal
+        there would only be noted until the escape hatch. The depth is reset
+        only after a fork by another thread: a child of the main thread goes
+        on to leave its sections, and finds nothing left to undo."""
         me = threading.get_ident()  # a thread keeps its ident across fork()
         forked_out, self._main_ident = me != self._main_ident, me
-        if not forked_out or not (self.depth or self.saved):
-            return
-        self.depth = 0
         self.waiting = False
         self.caught = []
+        if forked_out:
+            self.depth = 0
         self._restore()
 
 
