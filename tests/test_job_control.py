@@ -16,6 +16,7 @@ import itertools
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jobs
@@ -128,31 +129,25 @@ def test_cancel_running_stops_the_job_and_only_it(make_executor: MakeExecutor, t
     assert ex.statistics().cancelled == 1
 
 
-@PIPES
-@pytest.mark.timeout(120)
-def test_an_interrupt_at_every_line_of_cancel_never_leaves_a_cancelled_job_running(
-    make_executor: MakeExecutor, tmp_path: Path
-) -> None:
-    """Ctrl-C at the 1st, 2nd, ... line that ``cancel()`` of a running job runs, one
-    job each, until a cancel runs to its end untouched: either the future was not
-    cancelled (a second cancel then stops the job) or it was, and its job is stopped and
-    its callbacks ran (an asyncio awaiter waits on one). On one worker the next job then
-    runs; a cancelled job left running would hold the worker until its gate (never
-    opened) times out."""
+def _cancel_interrupted_at_every_line(
+    new_future: Callable[[int], cf.Future[object]], check: Callable[[int], None]
+) -> int:
+    """Ctrl-C at the 1st, 2nd, ... line (ours or the stdlib's) that ``cancel()`` runs,
+    on a new future each time, until a cancel runs to its end untouched. After each:
+    either the future was not cancelled (a second cancel must do it) or it was, and
+    its callbacks ran (an asyncio awaiter waits on one); then ``check(k)``. Returns
+    how many cancels were interrupted."""
 
     def on_signal(signum: int, frame: object) -> None:
         raise KeyboardInterrupt("Ctrl-C during cancel()")
 
-    ex = make_executor(1, cancel_running=True)
     interrupted = 0
     old = signal.signal(signal.SIGUSR1, on_signal)
     try:
         for k in range(1, 1000):
-            pid_path = str(tmp_path / f"{k}.pid")
-            fut = ex.submit(jobs.block_with_pid, pid_path, str(tmp_path / "never"), None)
+            fut = new_future(k)
             called: list[object] = []
             fut.add_done_callback(called.append)
-            jobs.read_pid(pid_path)
             tracer = _interrupt_at_line(k, also=("concurrent/futures",))
             sys.settrace(tracer)
             try:
@@ -164,13 +159,36 @@ def test_an_interrupt_at_every_line_of_cancel_never_leaves_a_cancelled_job_runni
             if not fut.cancelled():
                 assert fut.cancel() is True
             assert called == [fut], f"interrupted at line {k} of cancel(), its callbacks never ran"
-            assert ex.submit(jobs.square, k).result(FAIL_WITHIN) == k * k, (
-                f"interrupted at line {k} of cancel(), the cancelled job still holds the only worker"
-            )
+            check(k)
             if tracer.count[0] < k:  # type: ignore[attr-defined]
-                break  # the whole cancel ran before line k: every line was tried
+                return interrupted  # the whole cancel ran before line k: every line was tried
     finally:
         signal.signal(signal.SIGUSR1, old)
+    raise AssertionError("cancel() never ran to its end untouched")
+
+
+@PIPES
+@pytest.mark.timeout(120)
+def test_an_interrupt_at_every_line_of_cancel_never_leaves_a_cancelled_job_running(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
+    """A running job's cancel interrupted at each line: once cancelled, its job is
+    stopped. On one worker the next job then runs; a cancelled job left running would
+    hold the worker until its gate (never opened) times out."""
+    ex = make_executor(1, cancel_running=True)
+
+    def running(k: int) -> cf.Future[object]:
+        pid_path = tmp_path / f"{k}.pid"
+        fut = ex.submit(jobs.block_with_pid, str(pid_path), str(tmp_path / "never"), None)
+        jobs.read_pid(pid_path)
+        return fut
+
+    def next_job_runs(k: int) -> None:
+        assert ex.submit(jobs.square, k).result(FAIL_WITHIN) == k * k, (
+            f"interrupted at line {k} of cancel(), the cancelled job still holds the only worker"
+        )
+
+    interrupted = _cancel_interrupted_at_every_line(running, next_job_runs)
     assert interrupted > 5, f"only {interrupted} cancels were interrupted: nothing much was tested"
 
 
@@ -182,36 +200,13 @@ def test_an_interrupt_at_every_line_of_cancel_of_a_queued_job_still_runs_its_cal
     """The same for a job still queued (behind one that holds the only worker): the
     stdlib's cancel marks the future, then runs its callbacks; Ctrl-C in between
     left a cancelled future whose callbacks never ran."""
-
-    def on_signal(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt("Ctrl-C during cancel()")
-
     ex = make_executor(1, cancel_running=True)
     gate = tmp_path / "gate"
     blocker = ex.submit(jobs.block_with_pid, str(tmp_path / "blocker.pid"), str(gate), "done")
     jobs.read_pid(tmp_path / "blocker.pid")
-    interrupted = 0
-    old = signal.signal(signal.SIGUSR1, on_signal)
     try:
-        for k in range(1, 1000):
-            fut = ex.submit(jobs.square, k)
-            called: list[object] = []
-            fut.add_done_callback(called.append)
-            tracer = _interrupt_at_line(k, also=("concurrent/futures",))
-            sys.settrace(tracer)
-            try:
-                fut.cancel()
-            except KeyboardInterrupt:
-                interrupted += 1
-            finally:
-                sys.settrace(None)
-            if not fut.cancelled():
-                assert fut.cancel() is True
-            assert called == [fut], f"interrupted at line {k} of cancel(), its callbacks never ran"
-            if tracer.count[0] < k:  # type: ignore[attr-defined]
-                break
+        interrupted = _cancel_interrupted_at_every_line(lambda k: ex.submit(jobs.square, k), lambda k: None)
     finally:
-        signal.signal(signal.SIGUSR1, old)
         gate.touch()
     assert blocker.result(ANSWER_WITHIN) == "done"
     assert interrupted > 2, f"only {interrupted} cancels were interrupted: nothing much was tested"
