@@ -147,8 +147,8 @@ def _layer(may_import: str = "", never_external: str = "", why: str = "") -> Lay
 _NO_LOKY = "loky"
 
 _WIRE = (
-    "wire wire.protocol wire.messages wire.progress wire.transport wire.fdtools wire.shm wire.record "
-    "wire.sigdefer"
+    "wire wire.protocol wire.messages wire.progress wire.transport wire.fdtools wire.shm wire.shm_sweep "
+    "wire.record wire.sigdefer"
 )
 _WORKER = "worker worker.job worker.pickling worker.progress"
 
@@ -191,6 +191,11 @@ LAYERS: dict[str, Layer] = {
         "wire.sigdefer",
         f"pickle threading subprocess {_NO_LOKY}",
         why="big payloads as /dev/shm segments whose names cross the pipes; never unpickles",
+    ),
+    "wire.shm_sweep": _layer(
+        "wire.shm",
+        f"pickle threading subprocess {_NO_LOKY}",
+        why="who removes segments nobody else will: the sweeps and the owner lock",
     ),
     # -- the public records -----------------------------------------------------------------
     "errors": _layer("wire.protocol", _NO_LOKY, why="the hierarchy; re-exports ProtocolError"),
@@ -274,15 +279,15 @@ LAYERS: dict[str, Layer] = {
         why="resolves futures with done-callbacks on threads that never read a pipe",
     ),
     "parent.supervisor": _layer(
-        "errors stats wire.messages wire.protocol wire.shm wire.sigdefer wire.transport parent.outcome "
-        "parent.jobtable parent.launcher parent.settings parent.delivery parent.stoppable parent.progress "
-        "parent.timings",
+        "errors stats wire.messages wire.protocol wire.shm wire.shm_sweep wire.sigdefer wire.transport "
+        "parent.outcome parent.jobtable parent.launcher parent.settings parent.delivery parent.stoppable "
+        "parent.progress parent.timings",
         _NO_LOKY,
         why="the job table, the current sidecar and the frames between them",
     ),
     "parent.executor": _layer(
-        "stats wire.messages wire.protocol worker.job worker.pickling parent.spawn parent.settings "
-        "parent.supervisor parent.mapping parent.progress",
+        "stats wire.messages wire.protocol wire.sigdefer worker.job worker.pickling parent.spawn "
+        "parent.settings parent.supervisor parent.mapping parent.progress",
         _NO_LOKY,
         why="the public API; names the backend as a string, never imports one",
     ),
@@ -293,14 +298,14 @@ LAYERS: dict[str, Layer] = {
     "sidecar": _layer(never_external=_NO_LOKY, why="the folder: code that runs in the sidecar"),
     "sidecar.__main__": _layer("sidecar.main", _NO_LOKY, why="python -m subproc_executor.sidecar"),
     "sidecar.main": _layer(
-        "wire.fdtools wire.messages wire.protocol wire.shm wire.transport sidecar.backends sidecar.loop "
-        "sidecar.scheduler",
+        "wire.fdtools wire.messages wire.protocol wire.shm wire.shm_sweep wire.transport sidecar.backends "
+        "sidecar.loop sidecar.scheduler",
         _NO_LOKY,
         why="start-up: reads INIT, builds the backend, says HELLO",
     ),
     "sidecar.loop": _layer(
-        "errors wire.fdtools wire.messages wire.progress wire.protocol wire.shm wire.transport "
-        "sidecar.backends sidecar.scheduler sidecar.limits",
+        "errors wire.fdtools wire.messages wire.progress wire.protocol wire.shm wire.shm_sweep "
+        "wire.transport sidecar.backends sidecar.scheduler sidecar.limits",
         _NO_LOKY,
         why="the main loop; loads backend implementations by name at run time",
     ),

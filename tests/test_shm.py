@@ -258,20 +258,20 @@ def test_a_parent_that_exits_leaves_not_even_its_owner_file(tmp_path: Path) -> N
 
 OWNER_EDGES_SCRIPT = """
     import fcntl, json, os
-    from subproc_executor.wire import shm
+    from subproc_executor.wire import shm_sweep
 
     prefix = f"/dev/shm/spx-{os.getpid()}-"
     out = {"pid": os.getpid()}
     # A sweeper stopped holding our owner lock: own_prefix gives up after its wait...
     blocker = os.open(prefix + "owner", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(blocker, fcntl.LOCK_EX)
-    shm._OWNER_WAIT_SECONDS = 0.05
-    shm.own_prefix(os.getpid())
-    out["owned after giving up"] = shm._owned is not None
+    shm_sweep._OWNER_WAIT_SECONDS = 0.05
+    shm_sweep.own_prefix(os.getpid())
+    out["owned after giving up"] = shm_sweep._owned is not None
     open(prefix + "a1", "wb").close()  # ...and we make a segment anyway
     os.close(blocker)
-    shm.own_prefix(os.getpid())  # a later executor: it must not take a1 for a dead process's
-    out["owned later"] = shm._owned is not None
+    shm_sweep.own_prefix(os.getpid())  # a later executor: it must not take a1 for a dead process's
+    out["owned later"] = shm_sweep._owned is not None
     out["a1 kept"] = os.path.exists(prefix + "a1")
     os.unlink(prefix + "a1")
     # Another holder of the same lock (a process with our pid in another pid namespace):
@@ -302,12 +302,12 @@ def test_the_owner_lock_never_takes_our_own_segments_and_stays_for_another_holde
 
 STALE_OWNER_SCRIPT = """
     import json, os
-    from subproc_executor.wire import shm
+    from subproc_executor.wire import shm_sweep
 
     prefix = f"/dev/shm/spx-{os.getpid()}-"
     for name in ("owner", "a1", "7-r1-1"):  # what a dead process that had our pid left
         open(prefix + name, "wb").close()
-    shm.own_prefix(os.getpid())
+    shm_sweep.own_prefix(os.getpid())
     print(json.dumps(sorted(n for n in os.listdir("/dev/shm") if n.startswith(f"spx-{os.getpid()}-"))))
 """
 
@@ -330,9 +330,9 @@ def test_a_reused_pid_does_not_adopt_a_dead_processs_segments(tmp_path: Path) ->
 
 OWNER_SCRIPT = """
     import os, sys
-    from subproc_executor.wire import shm
+    from subproc_executor.wire import shm_sweep
 
-    shm.own_prefix(os.getpid())
+    shm_sweep.own_prefix(os.getpid())
     for name in sys.argv[1:]:
         with open(f"/dev/shm/spx-{os.getpid()}-{name}", "wb") as f:
             f.write(b"x")
@@ -347,7 +347,7 @@ def test_sweep_orphans_takes_only_the_segments_of_parents_that_are_gone(tmp_path
     owner file last; it keeps a live owner's (one in this very process too: the lock
     belongs to an open file, not a process) and names with no owner file at all.
     ``sweep_dead_parent`` (a sidecar whose parent died) also spares a held prefix."""
-    from subproc_executor.wire import shm
+    from subproc_executor.wire import shm_sweep
 
     procs = []
     for name in ("dead", "alive"):
@@ -361,11 +361,11 @@ def test_sweep_orphans_takes_only_the_segments_of_parents_that_are_gone(tmp_path
     ownerless = "spx-4194999-a1"  # above any pid_max: nobody's
     with open(f"/dev/shm/{ownerless}", "wb"):
         pass
-    shm.own_prefix(os.getpid())
+    shm_sweep.own_prefix(os.getpid())
     try:
         os.kill(dead.pid, signal.SIGKILL)
         dead.wait()
-        shm.sweep_orphans()  # another sidecar on this machine may have swept them first
+        shm_sweep.sweep_orphans()  # another sidecar on this machine may have swept them first
         assert jobs.shm_names(_prefix(dead.pid)) == []
         assert not os.path.exists(f"/dev/shm/{_prefix(dead.pid)}owner")
         assert jobs.shm_names(_prefix(alive.pid)) == [f"{_prefix(alive.pid)}{n}" for n in ("77-r3-1", "a1")]
@@ -373,11 +373,11 @@ def test_sweep_orphans_takes_only_the_segments_of_parents_that_are_gone(tmp_path
         assert os.path.exists(f"/dev/shm/{_prefix()}owner"), "this process's own was swept"
         assert os.path.exists(f"/dev/shm/{ownerless}")
         # A sidecar whose parent had the live owner's pid (in another pid namespace) keeps them too.
-        assert shm.sweep_dead_parent(alive.pid) == 0
+        assert shm_sweep.sweep_dead_parent(alive.pid) == 0
         assert len(jobs.shm_names(_prefix(alive.pid))) == 2
         os.kill(alive.pid, signal.SIGKILL)
         alive.wait()
-        shm.sweep_dead_parent(alive.pid)
+        shm_sweep.sweep_dead_parent(alive.pid)
         assert not [n for n in os.listdir("/dev/shm") if n.startswith(_prefix(alive.pid))]
     finally:
         for proc in procs:

@@ -234,13 +234,20 @@ def _child_status(pid: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def _child_checks(handler: object, in_section: bool) -> int:
-    """In a forked child: 0 if its handlers and deferral are whole, else which check failed."""
-    if sigdefer._DEFERRAL.depth != (1 if in_section else 0):
+def _child_checks(handler: object, seen: list[int]) -> int:
+    """In a forked child: 0 if no section is left over, its handler is back, and a
+    deferral of its own holds the signal back and runs its handler on the way out;
+    else which check failed."""
+    if sigdefer._DEFERRAL.depth != 0:
         return 3
     if signal.getsignal(signal.SIGUSR1) is not handler:
         return 4
-    return 0
+    seen.clear()
+    with deferred():
+        signal.raise_signal(signal.SIGUSR1)
+        if seen:
+            return 5  # ran inside the child's own deferral
+    return 0 if seen == [signal.SIGUSR1] else 6
 
 
 @pytest.mark.filterwarnings("ignore:.*is multi-threaded, use of fork:DeprecationWarning")
@@ -248,10 +255,10 @@ def test_a_child_forked_by_another_thread_in_a_deferral_gets_its_handlers_back()
     """The child's one thread never leaves the parent's section: its handlers go
     back at the fork, so a signal runs its handler at once (not after the 5 s
     escape hatch); a deferral in the child works as anywhere."""
-    r, w = os.pipe()
+    seen: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
-        os.write(w, b"h")
+        seen.append(signum)
 
     old = signal.signal(signal.SIGUSR1, handler)
     pids: list[int] = []
@@ -259,12 +266,11 @@ def test_a_child_forked_by_another_thread_in_a_deferral_gets_its_handlers_back()
     def fork() -> None:
         pid = os.fork()
         if pid == 0:
-            code = _child_checks(handler, in_section=False)
+            code = _child_checks(handler, seen)
             if code == 0:
-                signal.raise_signal(signal.SIGUSR1)  # runs the handler: "h" on the pipe
-                with deferred():
-                    pass
-                code = _child_checks(handler, in_section=False)
+                seen.clear()
+                signal.raise_signal(signal.SIGUSR1)  # outside any section: at once
+                code = 0 if seen == [signal.SIGUSR1] else 7
             os._exit(code)
         pids.append(pid)
 
@@ -275,32 +281,54 @@ def test_a_child_forked_by_another_thread_in_a_deferral_gets_its_handlers_back()
             forker.join()
         assert pids, "the fork failed"
         assert _child_status(pids[0]) == 0
-        assert select.select([r], [], [], 10)[0], "the child's handler never ran"
-        assert os.read(r, 1) == b"h"
     finally:
         signal.signal(signal.SIGUSR1, old)
-        os.close(r)
-        os.close(w)
 
 
 @pytest.mark.filterwarnings("ignore:.*is multi-threaded, use of fork:DeprecationWarning")
-def test_a_child_forked_by_the_main_thread_in_a_deferral_has_its_handlers_at_once() -> None:
+def test_a_child_forked_by_the_main_thread_in_a_deferral_is_protected_by_its_own() -> None:
     """A fork by the thread inside the section (a done-callback that starts a
-    multiprocessing Process, which may end in os._exit inside it): the child's
-    handlers are back at once, and leaving the section there undoes nothing more."""
+    multiprocessing Process, which may end in os._exit inside it): the child has
+    its handlers at once and its own deferrals hold signals back, and leaving the
+    inherited section there undoes nothing."""
+    seen: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
-        pass
+        seen.append(signum)
 
     old = signal.signal(signal.SIGUSR1, handler)
     try:
         with deferred():
             pid = os.fork()
             if pid == 0:
-                code = _child_checks(handler, in_section=True)
+                code = _child_checks(handler, seen)
         if pid == 0:
-            os._exit(code or _child_checks(handler, in_section=False))
+            if code == 0 and (sigdefer._DEFERRAL.depth or signal.getsignal(signal.SIGUSR1) is not handler):
+                code = 8
+            os._exit(code)
         assert _child_status(pid) == 0
         assert signal.getsignal(signal.SIGUSR1) is handler
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+def test_a_handler_set_inside_a_deferral_is_kept() -> None:
+    """A done-callback run inside a deferral (cancel()) may set a handler: the way
+    out puts back the ones it swapped, not over one set meanwhile."""
+
+    def before(signum: int, frame: object) -> None:
+        pass
+
+    def during(signum: int, frame: object) -> None:
+        pass
+
+    old = signal.signal(signal.SIGUSR1, before)
+    try:
+        with deferred():
+            signal.signal(signal.SIGUSR1, during)
+        assert signal.getsignal(signal.SIGUSR1) is during
+        with deferred():
+            pass
+        assert signal.getsignal(signal.SIGUSR1) is during
     finally:
         signal.signal(signal.SIGUSR1, old)

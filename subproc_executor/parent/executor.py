@@ -39,6 +39,7 @@ from concurrent.futures import wait as wait_all
 
 from ..wire.messages import SIDECAR_PID_ENV
 from ..wire.protocol import MessageKind
+from ..wire.sigdefer import deferred
 from ..worker.pickling import dump_into, needs_value
 from .mapping import map_chunks
 from .settings import DEFAULT_SHM_THRESHOLD, JobOptions, make_options, make_settings
@@ -234,8 +235,9 @@ class SubprocExecutor(Executor):
                 sink = dump_into(self._pickler, (fn, args, kwargs), new_sink, by_value)
                 payload, segment = sink.close()
         except BaseException as exc:
-            for sink in made:
-                sink.discard()  # after close() there is nothing left to discard: the segment owns it
+            with deferred():  # all of them, even if another Ctrl-C comes meanwhile
+                for sink in made:
+                    sink.discard()  # after close() there is nothing left to discard: the segment owns it
             if not isinstance(exc, (Exception, SystemExit)):
                 raise
             return self._core.fail_unpicklable(exc)  # a __reduce__ may raise anything; the job fails alone

@@ -63,7 +63,7 @@ from collections import deque
 from concurrent.futures import Future, InvalidStateError
 
 from ..errors import BrokenSubprocExecutor, InitializerFailedError, ProtocolError, SidecarDiedError
-from ..wire import shm
+from ..wire import shm, shm_sweep
 from ..wire.messages import Hello, Init, JobErrorKind, Kill, Shutdown, Status, Workers
 from ..wire.protocol import Frame, MessageKind
 from ..wire.sigdefer import deferred
@@ -159,7 +159,7 @@ class Supervisor:
         if self.sidecar is None:
             s = self.settings
             if s.shm_threshold is not None:
-                shm.own_prefix(os.getpid())  # before any segment of ours exists (see wire.shm)
+                shm_sweep.own_prefix(os.getpid())  # before any segment of ours exists (see wire.shm_sweep)
             self.sidecar = SidecarProcess(
                 env=self._env,
                 cwd=s.cwd,
@@ -555,7 +555,7 @@ class Supervisor:
         broken_now: BaseException | None = None
         # Its frames are all read: whatever its workers left in shared memory
         # was never sent, and no one else knows it is there.
-        shm.sweep([shm.result_prefix(os.getpid(), end.pid)])
+        shm_sweep.sweep([shm.result_prefix(os.getpid(), end.pid)])
         with self.lock:
             if self.sidecar is None or self.sidecar.pid != end.pid:
                 return

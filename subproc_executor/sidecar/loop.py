@@ -52,7 +52,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from ..errors import WorkerDiedError
-from ..wire import shm
+from ..wire import shm, shm_sweep
 from ..wire.fdtools import WakePipe, open_pidfd, signal_pid
 from ..wire.messages import (
     START_RECORD_SIZE,
@@ -191,7 +191,7 @@ class SidecarLoop:
             else:
                 logger.error("backend reported job %d, which is not in its batch %s", job_id, batch.job_ids)
                 if outcome[_TAG_AT : _TAG_AT + 1] == _SPILLED_TAG:  # no one else would remove its segment
-                    shm.sweep([outcome[_TAG_AT + 1 :].decode("ascii", "replace")])
+                    shm_sweep.sweep([outcome[_TAG_AT + 1 :].decode("ascii", "replace")])
         except BaseException:
             logger.exception("reporting job %d failed", job_id)
 
@@ -528,7 +528,7 @@ class SidecarLoop:
             error = f"{type(exc).__name__}: {exc}"
             # Outcomes its worker put in shared memory but never sent (a
             # worker that died mid-batch): no one else knows their names.
-            shm.sweep(f"{self._shm_prefix}r{job_id}-" for job_id in batch.job_ids)
+            shm_sweep.sweep(f"{self._shm_prefix}r{job_id}-" for job_id in batch.job_ids)
             # A backend may name the worker in its own terms (a Dask worker's address).
             name = getattr(died, "worker_name", None)
             failures = self._scheduler.failed(
@@ -563,9 +563,9 @@ class SidecarLoop:
             finally:
                 os.close(pidfd)
         if os.getppid() != self._parent_pid:
-            shm.sweep_dead_parent(self._parent_pid)
+            shm_sweep.sweep_dead_parent(self._parent_pid)
         else:
-            shm.sweep([self._shm_prefix])
+            shm_sweep.sweep([self._shm_prefix])
 
     def _settled_exitcodes(self, generation: int) -> dict[int, int | None]:
         """Exit codes of the workers, once those that ran the failed jobs have one.

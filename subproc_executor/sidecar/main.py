@@ -23,7 +23,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from ..wire import shm
+from ..wire import shm, shm_sweep
 from ..wire.fdtools import grow_pipe
 from ..wire.messages import SHM_ENV, SIDECAR_PID_ENV, Fatal, Hello, Init
 from ..wire.protocol import Frame, FrameDecoder, MessageKind, ProtocolError
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if s.shm_threshold is not None and shm.available():
         # Segments of parents killed together with their sidecars (see wire.shm);
         # after HELLO, off the parent's wait for it.
-        shm.sweep_orphans()
+        shm_sweep.sweep_orphans()
     loop = SidecarLoop(
         read_fd=read_fd,
         writer=writer,

@@ -26,25 +26,18 @@ No segment outlives its job or the death of any process (docs/protocol.md):
   left under the sidecar's prefix.
 
 When the parent and its sidecar die together (a process group killed, the
-OOM killer), nobody is left to do that: each parent therefore holds a shared
-``flock`` on ``spx-<parent>-owner`` for life, and every new sidecar unlinks
-the segments of any prefix whose owner lock is free (``sweep_orphans``). A
-lock, unlike a pid, cannot be mistaken for a reused pid or another pid
-namespace's process sharing ``/dev/shm``.
+OOM killer), nobody is left to do that: ``wire.shm_sweep`` has the sweeps
+and the owner lock that lets a later sidecar tell such a parent's segments.
 
 Where ``/dev/shm`` is missing or full, a payload simply takes the pipes.
 """
 
 from __future__ import annotations
 
-import atexit
-import fcntl
 import itertools
 import logging
 import mmap
 import os
-import time
-from collections.abc import Iterable
 
 from .sigdefer import deferred
 
@@ -63,12 +56,9 @@ __all__ = [
     "close_mapping",
     "job_ref_name",
     "map_segment",
-    "own_prefix",
     "parent_prefix",
     "result_prefix",
-    "sweep",
-    "sweep_dead_parent",
-    "sweep_orphans",
+    "unlink_quietly",
 ]
 
 logger = logging.getLogger(__name__)
@@ -120,7 +110,7 @@ def map_segment(name: str, *, unlink: bool = False) -> mmap.mmap | bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         if unlink:
-            _unlink(path)
+            unlink_quietly(path)
         size = os.fstat(fd).st_size
         if size == 0:
             return b""
@@ -154,206 +144,8 @@ def job_ref_name(payload: bytes | memoryview) -> str | None:
     return bytes(payload[len(JOB_REF) :]).decode("ascii", "replace")
 
 
-def sweep(prefixes: Iterable[str]) -> int:
-    """Unlink every segment whose name starts with one of ``prefixes``; how many."""
-    wanted = tuple(prefixes)
-    if not wanted:
-        return 0
-    n = 0
-    for name in _names():
-        if name.startswith(wanted) and _unlink(os.path.join(SHM_DIR, name)):
-            n += 1
-    if n:
-        logger.info("removed %d shared memory segments left by dead processes (%s)", n, ", ".join(wanted))
-    return n
-
-
-# The file under a parent's prefix whose shared lock says the parent lives.
-_OWNER: Final = "owner"
-# (pid, descriptor) of this process's own owner lock; reset in a forked child.
-_owned: tuple[int, int] | None = None
-# The pid own_prefix was first called for in this process.
-_tried: int | None = None
-# How long own_prefix waits out a sweeper's exclusive lock: one holds it for
-# microseconds, and one stopped mid-sweep must not hang an executor's start.
-_OWNER_WAIT_SECONDS: Final = 1.0
-
-
-def own_prefix(pid: int) -> None:
-    """Hold the owner lock of ``spx-<pid>-`` for as long as this process lives,
-    so no sidecar takes its segments for orphans. Idempotent and cheap after
-    the first call. Without a writable ``/dev/shm`` it does nothing (no
-    segment can be made there either).
-
-    An owner file nobody holds was left by a dead process that had our pid:
-    its names go first, so none of them is taken for ours."""
-    global _owned, _tried
-    if _owned is not None and _owned[0] == pid:
-        return
-    # Only before our first segment can what is there be a dead process's: after
-    # a call that gave up, we may have made some without the lock.
-    first, _tried = _tried != pid, pid
-    prefix = parent_prefix(pid)
-    path = os.path.join(SHM_DIR, prefix + _OWNER)
-    deadline = time.monotonic() + _OWNER_WAIT_SECONDS
-    while True:
-        try:
-            fd, made = _open_owner(path)
-        except OSError as exc:
-            logger.debug("cannot create %s: %s", path, exc)
-            return
-        kept = False
-        try:
-            if first and not made and _flock(fd, fcntl.LOCK_EX) and _same_file(fd, path):
-                _unlink_under(prefix, _names(), keep=prefix + _OWNER)
-            if _flock(fd, fcntl.LOCK_SH) and _same_file(fd, path):
-                if _owned is None or _owned[0] != pid:  # else another thread's first executor won
-                    _owned = (pid, fd)
-                    kept = True
-                return
-        finally:
-            if not kept:
-                os.close(fd)
-        # A sweeper holds the lock (for microseconds) or removed the file we opened.
-        if time.monotonic() >= deadline:
-            logger.warning("could not take the owner lock %s; its segments may be swept", path)
-            return
-        time.sleep(0.001)
-
-
-def sweep_dead_parent(pid: int) -> int:
-    """A sidecar's sweep once its parent ``pid`` is gone: every name under its
-    prefix, the owner file last; how many. Not while another process holds
-    that owner lock (one with the same pid in another pid namespace sharing
-    ``/dev/shm``)."""
-    prefix = parent_prefix(pid)
-    path = os.path.join(SHM_DIR, prefix + _OWNER)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:  # the parent exited and removed it, or an older version
-        return sweep([prefix])
-    except OSError:
-        return 0
-    try:
-        if not _flock(fd, fcntl.LOCK_EX) or not _same_file(fd, path):
-            return 0  # held, or taken anew: by another process with that pid
-        removed = _unlink_under(prefix, _names(), keep=prefix + _OWNER)
-        _unlink(path)
-    finally:
-        os.close(fd)
-    if removed:
-        logger.info("removed %d shared memory segments of dead parent %d", removed, pid)
-    return removed
-
-
-def _open_owner(path: str) -> tuple[int, bool]:
-    """(descriptor, whether we made the file) of an owner file."""
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
-    except FileExistsError:
-        return os.open(path, flags), False
-
-
-def _flock(fd: int, kind: int) -> bool:
-    """Take (or convert to) a lock without waiting; False if another holds it."""
-    try:
-        fcntl.flock(fd, kind | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
-
-
-def _unlink_under(prefix: str, names: Iterable[str], keep: str) -> int:
-    """Unlink every one of ``names`` under ``prefix`` but ``keep``; how many."""
-    doomed = [name for name in names if name != keep and name.startswith(prefix)]
-    return sum(_unlink(os.path.join(SHM_DIR, name)) for name in doomed)
-
-
-def sweep_orphans() -> int:
-    """Unlink every segment of a parent whose owner lock nobody holds (it and
-    everything it forked are gone); how many. A prefix with no owner file
-    (made by an older version) is left alone: it cannot be judged."""
-    names = _names()
-    removed = 0
-    swept = []
-    for owner in names:
-        if not (owner.startswith("spx-") and owner.endswith(f"-{_OWNER}")):
-            continue
-        path = os.path.join(SHM_DIR, owner)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            if not _flock(fd, fcntl.LOCK_EX):
-                continue  # held: its parent lives
-            if not _same_file(fd, path):
-                continue  # swept and made anew meanwhile
-            prefix = owner[: -len(_OWNER)]
-            removed += _unlink_under(prefix, names, keep=owner)
-            _unlink(path)  # last, and under the lock: a new owner then makes a new file
-            swept.append(prefix)
-        finally:
-            os.close(fd)
-    if removed:
-        logger.info("removed %d shared memory segments of dead parents (%s)", removed, ", ".join(swept))
-    return removed
-
-
-def _same_file(fd: int, path: str) -> bool:
-    """Whether ``path`` still names the file open as ``fd``."""
-    try:
-        a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def _release_owner() -> None:
-    """At exit, after every executor's exit-time shutdown (registered before
-    theirs, so it runs after): remove our owner file, still holding its lock."""
-    global _owned
-    owned, _owned = _owned, None
-    if owned is None or owned[0] != os.getpid():
-        return
-    pid, fd = owned
-    try:
-        path = os.path.join(SHM_DIR, parent_prefix(pid) + _OWNER)
-        # Not if another holds it too: a process with our pid in another pid
-        # namespace sharing /dev/shm, whose segments the file still guards.
-        if _flock(fd, fcntl.LOCK_EX) and _same_file(fd, path):
-            _unlink(path)
-    finally:
-        os.close(fd)
-
-
-def _forget_inherited_owner() -> None:
-    """In a forked child: the parent's owner lock is not ours to keep (the
-    child takes its own on its first executor)."""
-    global _owned
-    owned, _owned = _owned, None
-    if owned is not None:
-        try:
-            os.close(owned[1])
-        except OSError:
-            pass
-
-
-os.register_at_fork(after_in_child=_forget_inherited_owner)
-# At import: the parent's exit-time shutdown (parent.executor) registers later, so runs first.
-atexit.register(_release_owner)
-
-
-def _names() -> list[str]:
-    """What ``/dev/shm`` holds now (nothing if it cannot be read)."""
-    try:
-        return os.listdir(SHM_DIR)
-    except OSError:
-        return []
-
-
-def _unlink(path: str) -> bool:
+def unlink_quietly(path: str) -> bool:
+    """Unlink ``path``; False if it was not there (or not ours to unlink)."""
     try:
         os.unlink(path)
     except OSError:
@@ -443,7 +235,7 @@ class Sink:
                     f.seek(0)
                     self._parts = [f.read()]
             finally:
-                _unlink(self._path)
+                unlink_quietly(self._path)
                 self._path = ""
 
     def close(self) -> tuple[bytes, Segment | None]:
@@ -469,7 +261,7 @@ class Sink:
                 fd, self._fd = self._fd, -1
                 os.close(fd)
             if self._path:
-                _unlink(self._path)
+                unlink_quietly(self._path)
                 self._path = ""
 
 
@@ -498,7 +290,7 @@ class Segment:
     def release(self) -> None:
         """Unlink the segment (once, and only in the process that made it)."""
         if self._owner == os.getpid():
-            _unlink(os.path.join(SHM_DIR, self.name))  # first: Ctrl-C in between only unlinks twice
+            unlink_quietly(os.path.join(SHM_DIR, self.name))  # first: Ctrl-C in between only unlinks twice
             self._owner = 0
 
     def detach(self) -> None:

@@ -78,8 +78,6 @@ class _Deferral:
         self.saved: dict[int, Handler] = {}
         self.caught: list[int] = []
         self.waiting = False
-        # The main thread's ident: a child forked by another thread has a new one.
-        self._main_ident = threading.main_thread().ident
         self.handler = self._record  # one bound method, so getsignal() can be compared to it
         # getsignal() of every signal at the last enter, and which were callable then.
         self._seen: tuple[tuple[Handler, ...], tuple[int, ...]] = ((), ())
@@ -135,6 +133,8 @@ class _Deferral:
             raise
 
     def exit(self) -> None:
+        if not self.depth:
+            return  # a section a forked child inherited (see after_fork_in_child)
         self.depth -= 1
         if self.depth:
             return
@@ -147,24 +147,21 @@ class _Deferral:
 
     def _restore(self) -> None:
         for signum, original in list(self.saved.items()):
-            _setsignal(signum, original)
+            if _getsignal(signum) is self.handler:  # else set anew inside (a callback's): keep it
+                _setsignal(signum, original)
             del self.saved[signum]
 
     def after_fork_in_child(self) -> None:
-        """In every forked child: handlers back, and the signals noted so far
-        left to the parent they came to. A child may never leave the section
-        it was forked in: a fork by another thread leaves the main thread's
-        behind, and one by the main thread (a done-callback that starts a
-        ``multiprocessing`` Process) may end in ``os._exit``. Else each signal
-        there would only be noted until the escape hatch. The depth is reset
-        only after a fork by another thread: a child of the main thread goes
-        on to leave its sections, and finds nothing left to undo."""
-        me = threading.get_ident()  # a thread keeps its ident across fork()
-        forked_out, self._main_ident = me != self._main_ident, me
+        """In every forked child: no section, handlers back, and the signals
+        noted so far left to the parent they came to. A child may never leave
+        the section it was forked in: a fork by another thread leaves the main
+        thread's behind, and one by the main thread (a done-callback that
+        starts a ``multiprocessing`` Process) may end in ``os._exit``; its
+        sections of its own must still protect it. The exits of sections it
+        inherited find the depth at 0 and do nothing (see ``exit``)."""
+        self.depth = 0
         self.waiting = False
         self.caught = []
-        if forked_out:
-            self.depth = 0
         self._restore()
 
 
