@@ -5,19 +5,18 @@ output, one reader thread (``subproc_executor-reader``) that waits on frames
 from the sidecar, a wake pipe and the process's exit (a Linux pidfd;
 elsewhere a small waiter thread), and one output thread
 (``subproc_executor-output``) that copies the sidecar's stderr to ours
-without ever blocking on it, keeping its tail for error messages. So there are two independent ways
-to notice a dead sidecar: EOF on its pipe, and its exit. Whichever comes
-first ends the connection, and ``on_lost`` runs exactly once.
+without ever blocking on it, keeping its tail for error messages. So there
+are two independent ways to notice a dead sidecar: EOF on its pipe, and its
+exit. Whichever comes first ends the connection, and ``on_lost`` runs
+exactly once.
 
 It knows frames and processes, not jobs: the executor gives it callbacks.
-A little over 450 lines as one piece: start-up, the reader, the output copy
-and ``_finish`` share the pipes and their closing order (the start-up
-choices themselves live in ``spawn``).
 
-One module, over 450 lines: the Popen, the pipes, the reader thread's
-selector, the stderr copy and the exit detection all end together, and the
-order in which they are closed is what makes a dead sidecar read as EOF
-exactly once; apart, that order would be spread over modules.
+One module, a little over 450 lines: the Popen, the pipes, the reader
+thread's selector, the stderr copy and the exit detection all end together
+(``_finish``), and the order in which they are closed is what makes a dead
+sidecar read as EOF exactly once; apart, that order would be spread over
+modules. The start-up choices themselves live in ``spawn``.
 """
 
 from __future__ import annotations

@@ -110,23 +110,33 @@ def sweep_dead_parent(pid: int) -> int:
     that owner lock (one with the same pid in another pid namespace sharing
     ``/dev/shm``)."""
     prefix = parent_prefix(pid)
+    removed = _sweep_if_unowned(prefix, _names())
+    if removed is None:  # no owner file: the parent exited and removed it, or an older version
+        return sweep([prefix])
+    if removed:
+        logger.info("removed %d shared memory segments of dead parent %d", removed, pid)
+    return removed
+
+
+def _sweep_if_unowned(prefix: str, names: Iterable[str]) -> int | None:
+    """If nobody holds ``prefix``'s owner lock: unlink its ``names``, then the
+    owner file, still under the lock (a new owner then makes a new file); how
+    many names. 0 if the lock is held, None if there is no owner file."""
     path = os.path.join(SHM_DIR, prefix + _OWNER)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:  # the parent exited and removed it, or an older version
-        return sweep([prefix])
+    except FileNotFoundError:
+        return None
     except OSError:
         return 0
     try:
         if not _flock(fd, fcntl.LOCK_EX) or not _same_file(fd, path):
-            return 0  # held, or taken anew: by another process with that pid
-        removed = _unlink_under(prefix, _names(), keep=prefix + _OWNER)
+            return 0  # held (its parent lives), or swept and made anew meanwhile
+        removed = _unlink_under(prefix, names, keep=prefix + _OWNER)
         unlink_quietly(path)
+        return removed
     finally:
         os.close(fd)
-    if removed:
-        logger.info("removed %d shared memory segments of dead parent %d", removed, pid)
-    return removed
 
 
 def _open_owner(path: str) -> tuple[int, bool]:
@@ -161,24 +171,12 @@ def sweep_orphans() -> int:
     removed = 0
     swept = []
     for owner in names:
-        if not (owner.startswith("spx-") and owner.endswith(f"-{_OWNER}")):
-            continue
-        path = os.path.join(SHM_DIR, owner)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            if not _flock(fd, fcntl.LOCK_EX):
-                continue  # held: its parent lives
-            if not _same_file(fd, path):
-                continue  # swept and made anew meanwhile
+        if owner.startswith("spx-") and owner.endswith(f"-{_OWNER}"):
             prefix = owner[: -len(_OWNER)]
-            removed += _unlink_under(prefix, names, keep=owner)
-            unlink_quietly(path)  # last, and under the lock: a new owner then makes a new file
-            swept.append(prefix)
-        finally:
-            os.close(fd)
+            n = _sweep_if_unowned(prefix, names) or 0
+            if n:
+                removed += n
+                swept.append(prefix)
     if removed:
         logger.info("removed %d shared memory segments of dead parents (%s)", removed, ", ".join(swept))
     return removed
